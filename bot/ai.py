@@ -1,0 +1,359 @@
+"""The only module that imports `openai`: Responses, Conversations, Containers and Files.
+
+Everything leaving this module is one of our dataclasses or a `bot.errors.TutorError`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import openai
+from openai import AsyncOpenAI
+
+from bot import errors
+
+log = logging.getLogger(__name__)
+
+INCLUDE: list[Any] = ["code_interpreter_call.outputs"]
+TERMINAL = frozenset({"completed", "failed", "cancelled", "incomplete"})
+QUOTA_CODES = frozenset(
+    {
+        "insufficient_quota",
+        "credit_balance_exhausted",
+        "organization_spend_limit_exceeded",
+        "project_spend_limit_exceeded",
+        "organization_usage_limit_exceeded",
+    }
+)
+CONTAINER_IDLE_MINUTES = 20
+
+
+@dataclass(frozen=True)
+class ChartRef:
+    """A file the model's code wrote and cited (`container_file_citation`)."""
+
+    container_id: str
+    file_id: str
+    filename: str
+
+
+@dataclass(frozen=True)
+class ContainerFile:
+    id: str
+    container_id: str
+    path: str
+    source: str
+    created_at: int
+
+    @property
+    def filename(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class ModelReply:
+    """A response as the tutor needs it: status, the answer's text and the charts it cites."""
+
+    response_id: str | None
+    status: str
+    text: str = ""
+    charts: tuple[ChartRef, ...] = ()
+    error_code: str | None = None
+    error_message: str | None = None
+    incomplete_reason: str | None = None
+    refused: bool = False
+    #: Containers the run's code executed in (where uncited charts may be).
+    container_ids: tuple[str, ...] = ()
+
+    @property
+    def ran_code(self) -> bool:
+        return bool(self.container_ids)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL
+
+    def failure(self) -> errors.TutorError | None:
+        """The error to tell the user, or None when the text can be posted as the answer."""
+        if self.status == "completed":
+            return errors.Refused() if self.refused and not self.text.strip() else None
+        if self.status == "incomplete":
+            if self.incomplete_reason == "content_filter":
+                return errors.Refused()
+            return None if self.text.strip() else errors.ModelFailed(f"incomplete: {self.incomplete_reason}")
+        if self.status == "cancelled":
+            return errors.RunTimedOut()
+        if self.error_code == "rate_limit_exceeded":
+            return errors.RateLimited(self.error_message or "")
+        if self.error_code and self.error_code.startswith(("image", "invalid_image", "empty_image")):
+            return errors.RequestRejected(self.error_code)
+        return errors.ModelFailed(f"{self.error_code}: {self.error_message}")
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One model run on a thread's conversation."""
+
+    model: str
+    conversation_id: str
+    instructions: str
+    input_text: str
+    container_id: str | None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    reasoning_effort: str = "low"
+    max_output_tokens: int = 16000
+    image_file_ids: tuple[str, ...] = ()
+
+
+class OpenAIGateway:
+    """Async facade over the OpenAI SDK with the retry policy openai.md §9 asks for."""
+
+    def __init__(self, *, api_key: str, base_url: str | None = None, max_retries: int = 3) -> None:
+        self._client = AsyncOpenAI(
+            api_key=api_key,
+            base_url=base_url,
+            max_retries=max_retries,
+            timeout=openai.Timeout(60.0, connect=5.0),
+        )
+        # POST /responses carries no idempotency key: an SDK retry could start a second run.
+        self._create_client = self._client.with_options(max_retries=0, timeout=30.0)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def create_conversation(self, metadata: Mapping[str, str]) -> str:
+        try:
+            conversation = await self._client.conversations.create(metadata=dict(metadata))
+        except openai.OpenAIError as exc:
+            raise _translate(exc, "conversations.create") from None
+        return conversation.id
+
+    async def ensure_container(
+        self, container_id: str | None, *, name: str, file_ids: Iterable[str] = ()
+    ) -> tuple[str, bool]:
+        """Return an active container id, and whether it is new (files re-added, Python state gone)."""
+        if container_id:
+            try:
+                container = await self._client.containers.retrieve(container_id)
+                if container.status == "active":
+                    return container.id, False
+            except openai.NotFoundError:
+                pass
+            except openai.OpenAIError as exc:
+                raise _translate(exc, "containers.retrieve") from None
+        try:
+            created = await self._client.containers.create(
+                name=name[:200],
+                expires_after={"anchor": "last_active_at", "minutes": CONTAINER_IDLE_MINUTES},
+                file_ids=list(file_ids),
+            )
+        except openai.OpenAIError as exc:
+            raise _translate(exc, "containers.create") from None
+        return created.id, True
+
+    async def start_run(self, request: RunRequest) -> ModelReply:
+        content: list[Any] = [{"type": "input_text", "text": request.input_text}]
+        for file_id in request.image_file_ids:
+            content.append({"type": "input_image", "file_id": file_id, "detail": "auto"})
+        user_turn: list[Any] = [{"role": "user", "content": content}]
+        reasoning: Any = {"effort": request.reasoning_effort}
+        tools: list[Any] = []
+        if request.container_id:
+            tools.append({"type": "code_interpreter", "container": request.container_id})
+        try:
+            response = await self._create_client.responses.create(
+                model=request.model,
+                conversation=request.conversation_id,
+                instructions=request.instructions,
+                input=user_turn,
+                tools=tools,
+                include=INCLUDE,
+                background=True,
+                store=True,
+                truncation="auto",
+                max_output_tokens=request.max_output_tokens,
+                reasoning=reasoning,
+                metadata=dict(request.metadata),
+            )
+        except openai.OpenAIError as exc:
+            raise _translate(exc, "responses.create", creating=True) from None
+        log.info("response %s created (request %s)", response.id, response._request_id)
+        return _reply_from(response.id, response.status or "queued", response.output, response)
+
+    async def get_run(self, response_id: str) -> ModelReply:
+        try:
+            response = await self._client.responses.retrieve(response_id, include=INCLUDE)
+        except openai.OpenAIError as exc:
+            raise _translate(exc, "responses.retrieve") from None
+        return _reply_from(response.id, response.status or "queued", response.output, response)
+
+    async def cancel_run(self, response_id: str) -> ModelReply:
+        try:
+            response = await self._client.responses.cancel(response_id)
+        except openai.OpenAIError as exc:
+            raise _translate(exc, "responses.cancel") from None
+        return _reply_from(response.id, response.status or "cancelled", response.output, response)
+
+    async def find_answer(self, conversation_id: str, marker: str) -> ModelReply | None:
+        """After an ambiguous create: the answer to the turn that starts with `marker`, if it landed."""
+        try:
+            page = await self._client.conversations.items.list(
+                conversation_id, order="desc", limit=50, include=INCLUDE
+            )
+        except openai.OpenAIError as exc:
+            raise _translate(exc, "conversations.items.list") from None
+        newer: list[Any] = []
+        for item in page.data:
+            if item.type == "message" and item.role == "user":
+                if any(marker in (getattr(part, "text", "") or "") for part in item.content):
+                    if not newer:
+                        return None
+                    return _reply_from(None, "completed", reversed(newer), None)
+                newer = []
+            else:
+                newer.append(item)
+        return None
+
+    async def list_container_files(self, container_id: str) -> list[ContainerFile]:
+        found: list[ContainerFile] = []
+        try:
+            async for item in self._client.containers.files.list(container_id, order="asc", limit=100):
+                found.append(
+                    ContainerFile(
+                        id=item.id,
+                        container_id=container_id,
+                        path=item.path,
+                        source=item.source,
+                        created_at=int(item.created_at),
+                    )
+                )
+        except openai.OpenAIError as exc:
+            raise _translate(exc, "containers.files.list") from None
+        return found
+
+    async def download_container_file(self, container_id: str, file_id: str) -> bytes:
+        try:
+            content = await self._client.containers.files.content.retrieve(file_id, container_id=container_id)
+        except openai.OpenAIError as exc:
+            raise _translate(exc, "containers.files.content") from None
+        return content.content
+
+    async def delete_conversation(self, conversation_id: str) -> None:
+        await self._delete(self._client.conversations.delete(conversation_id), "conversations.delete")
+
+    async def delete_container(self, container_id: str) -> None:
+        await self._delete(self._client.containers.delete(container_id), "containers.delete")
+
+    async def delete_file(self, file_id: str) -> None:
+        await self._delete(self._client.files.delete(file_id), "files.delete")
+
+    async def check_model(self, model: str) -> None:
+        """For `doctor`: the key works and the model exists."""
+        try:
+            await self._client.models.retrieve(model)
+        except openai.OpenAIError as exc:
+            raise _translate(exc, "models.retrieve") from None
+
+    @staticmethod
+    async def _delete(call: Any, what: str) -> None:
+        try:
+            await call
+        except openai.NotFoundError:
+            return
+        except openai.OpenAIError as exc:
+            raise _translate(exc, what) from None
+
+
+def _reply_from(response_id: str | None, status: str, items: Iterable[Any], response: Any) -> ModelReply:
+    """Walk output items by type (never `output_text`: it glues messages and drops citations)."""
+    texts: list[str] = []
+    charts: dict[str, ChartRef] = {}
+    refused = False
+    containers: dict[str, None] = {}
+    for item in items:
+        if item.type == "code_interpreter_call" and getattr(item, "container_id", None):
+            containers[item.container_id] = None
+        if item.type != "message" or getattr(item, "role", "assistant") != "assistant":
+            continue
+        for part in item.content:
+            if part.type == "output_text":
+                texts.append(part.text)
+                for note in part.annotations or ():
+                    if note.type == "container_file_citation":
+                        _add_chart(charts, ChartRef(note.container_id, note.file_id, note.filename))
+            elif part.type == "refusal":
+                refused = True
+                texts.append(part.refusal)
+    error = getattr(response, "error", None)
+    incomplete = getattr(response, "incomplete_details", None)
+    return ModelReply(
+        response_id=response_id,
+        status=status,
+        text="\n\n".join(t for t in texts if t.strip()),
+        charts=tuple(charts.values()),
+        error_code=getattr(error, "code", None),
+        error_message=getattr(error, "message", None),
+        incomplete_reason=getattr(incomplete, "reason", None),
+        refused=refused,
+        container_ids=tuple(containers),
+    )
+
+
+def _add_chart(charts: dict[str, ChartRef], chart: ChartRef) -> None:
+    """De-duplicate by file id, preferring a descriptive name over a generic `cfile_…` one."""
+    known = charts.get(chart.file_id)
+    if known is None or (known.filename.startswith("cfile_") and not chart.filename.startswith("cfile_")):
+        charts[chart.file_id] = chart
+
+
+def _retry_after(exc: openai.APIStatusError) -> float | None:
+    headers = exc.response.headers
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value:
+            try:
+                return max(0.0, float(value) * scale)
+            except ValueError:
+                continue
+    return None
+
+
+def _translate(exc: openai.OpenAIError, what: str, *, creating: bool = False) -> errors.TutorError:
+    """Map an SDK exception onto the error the user will read; log the cause once, never the key."""
+    if isinstance(exc, openai.APIConnectionError):  # includes APITimeoutError
+        log.warning("%s: %s", what, type(exc).__name__)
+        return errors.AmbiguousCreate(what) if creating else errors.OpenAIUnavailable(what)
+    if not isinstance(exc, openai.APIStatusError):
+        log.error("%s: unexpected %s", what, type(exc).__name__)
+        return errors.OpenAIUnavailable(what)
+    status, code, message = exc.status_code, exc.code, exc.message
+    log.warning(
+        "%s failed: status=%s code=%s type=%s param=%s request_id=%s",
+        what,
+        status,
+        code,
+        exc.type,
+        exc.param,
+        exc.request_id,
+    )
+    detail = f"{what}: {status} {code or ''}".strip()
+    if status == 429:
+        if code in QUOTA_CODES or exc.type == "insufficient_quota":
+            return errors.QuotaExhausted(detail)
+        return errors.RateLimited(detail, retry_after=_retry_after(exc))
+    if status >= 500:
+        return errors.AmbiguousCreate(detail) if creating else errors.OpenAIUnavailable(detail)
+    if status in (401, 403):
+        return errors.TutorMisconfigured(detail)
+    if status == 404:
+        return errors.ContextLost(detail)
+    if code == "conversation_locked" or status == 409:
+        return errors.ConversationBusy(detail, retry_after=3.0)
+    if "container is expired" in (message or "").lower():
+        return errors.ContainerExpired(detail)
+    if code == "context_length_exceeded":
+        return errors.ContextTooLong(detail)
+    return errors.RequestRejected(detail)

@@ -1,0 +1,100 @@
+"""Settings from the environment and `.env`; every missing variable named at once."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bot.errors import ConfigError
+
+DEFAULT_MODEL = "gpt-6-luna"
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///slack-tutor.db"
+
+#: Where an operator finds each required value.
+WHERE_TO_GET = {
+    "SLACK_BOT_TOKEN": "the Bot User OAuth Token (xoxb-…) under OAuth & Permissions in your Slack app",
+    "SLACK_SIGNING_SECRET": (
+        "Basic Information → App Credentials → Signing Secret in your Slack app "
+        "(or set SLACK_APP_TOKEN to use Socket Mode instead of HTTP)"
+    ),
+    "OPENAI_API_KEY": "an API key from https://platform.openai.com/api-keys",
+}
+
+
+class DatabaseSettings(BaseSettings):
+    """The part of the configuration `migrate` and `manifest` need: no secrets."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    database_url: str = DEFAULT_DATABASE_URL
+
+
+class Settings(DatabaseSettings):
+    slack_bot_token: SecretStr
+    slack_signing_secret: SecretStr | None = None
+    slack_app_token: SecretStr | None = None
+    slack_api_url: str = "https://slack.com/api/"
+
+    openai_api_key: SecretStr
+    openai_base_url: str | None = None
+
+    tutor_model: str = DEFAULT_MODEL
+    tutor_reasoning_effort: Literal["low", "medium", "high"] = "low"
+    tutor_max_output_tokens: int = Field(default=16000, ge=1000)
+
+    port: int = 3000
+    log_level: str = "INFO"
+
+    #: Seconds between polls of a running response; idle workers look for new runs twice as often.
+    tutor_poll_interval: float = Field(default=1.0, gt=0)
+    #: A claimed run is released to other workers this long after its worker stops heart-beating.
+    tutor_lease_seconds: float = Field(default=30.0, gt=0, le=60)
+    #: A response still running after this long is cancelled and the user told.
+    tutor_run_timeout: float = Field(default=900.0, gt=0)
+    #: After an ambiguous create, how long to look for the answer before creating again.
+    tutor_reconcile_window: float = Field(default=900.0, ge=0)
+    tutor_max_attempts: int = Field(default=6, ge=1)
+
+    @property
+    def socket_mode(self) -> bool:
+        return self.slack_app_token is not None
+
+
+class _ModeSettings(DatabaseSettings):
+    slack_signing_secret: SecretStr | None = None
+    slack_app_token: SecretStr | None = None
+
+
+def load_settings() -> Settings:
+    """Read the settings or raise ConfigError naming every missing variable."""
+    mode = _ModeSettings()
+    missing: list[str] = []
+    if mode.slack_signing_secret is None and mode.slack_app_token is None:
+        missing.append("SLACK_SIGNING_SECRET")
+    try:
+        settings = Settings()  # type: ignore[call-arg]  # filled from the environment
+    except ValidationError as exc:
+        invalid: list[str] = []
+        for err in exc.errors():
+            name = str(err["loc"][0]).upper() if err["loc"] else "?"
+            if err["type"] == "missing":
+                missing.insert(0, name)
+            else:
+                invalid.append(f"  {name}: {err['msg']}")
+        raise ConfigError(_describe(missing, invalid)) from None
+    if missing:
+        raise ConfigError(_describe(missing, []))
+    return settings
+
+
+def _describe(missing: list[str], invalid: list[str]) -> str:
+    lines = []
+    if missing:
+        lines.append("slack-tutor is missing required settings (set them in the environment or .env):")
+        lines += [f"  {name}: {WHERE_TO_GET.get(name, 'see README.md')}" for name in missing]
+    if invalid:
+        lines.append("slack-tutor has invalid settings:")
+        lines += invalid
+    return "\n".join(lines)

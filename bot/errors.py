@@ -1,0 +1,113 @@
+"""One error hierarchy. Each error carries the sentence the Slack user reads.
+
+The replier is the only place that turns these into Slack messages; everything
+else raises them and logs the cause once.
+"""
+
+from __future__ import annotations
+
+
+class TutorError(Exception):
+    """Base class: `user_message` is shown in the thread as is."""
+
+    user_message = "Something went wrong on my side. Please try again in a minute."
+    #: True when trying the same step again later can succeed.
+    retryable = False
+
+    def __init__(self, detail: str = "", *, retry_after: float | None = None) -> None:
+        super().__init__(detail or self.user_message)
+        self.detail = detail
+        self.retry_after = retry_after
+
+    @property
+    def code(self) -> str:
+        """Stable short name stored on the run row."""
+        name = type(self).__name__
+        return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
+
+
+class QuotaExhausted(TutorError):
+    user_message = (
+        "I can't answer right now: the tutor's OpenAI account has run out of credit. "
+        "Please let a workspace admin know."
+    )
+
+
+class RateLimited(TutorError):
+    user_message = "Lots of questions at once and I couldn't get through. Please ask again in a minute."
+    retryable = True
+
+
+class ConversationBusy(TutorError):
+    user_message = "I was still busy with an earlier question in this thread. Please ask again."
+    retryable = True
+
+
+class ContainerExpired(TutorError):
+    user_message = "I lost the workspace for this thread. Please share your file again."
+    retryable = True
+
+
+class OpenAIUnavailable(TutorError):
+    user_message = "OpenAI had a problem answering. Please try again in a minute."
+    retryable = True
+
+
+class AmbiguousCreate(TutorError):
+    """The create call may or may not have reached OpenAI: reconcile, never re-send blindly."""
+
+    user_message = "I'm having trouble reaching OpenAI. Please try again in a few minutes."
+    retryable = True
+
+
+class ModelFailed(TutorError):
+    user_message = "The model failed while answering. Please try again in a minute."
+
+
+class ContextTooLong(TutorError):
+    user_message = "This thread is too long for me to follow. Please start a new thread."
+
+
+class RequestRejected(TutorError):
+    user_message = "OpenAI rejected this request, so I couldn't answer. Please rephrase and try again."
+
+
+class TutorMisconfigured(TutorError):
+    user_message = "The tutor isn't configured correctly right now. An admin has been notified."
+
+
+class ContextLost(TutorError):
+    user_message = "I lost the earlier context of this thread, so I'm starting fresh."
+    retryable = True
+
+
+class RunTimedOut(TutorError):
+    user_message = "That took too long, so I stopped. Try a smaller question or dataset."
+
+
+class Refused(TutorError):
+    user_message = "I can't help with that request."
+
+
+class SlackDeliveryFailed(TutorError):
+    user_message = "I couldn't post my answer in this thread."
+    retryable = True
+
+
+class ConfigError(Exception):
+    """Bad or missing operator configuration; the CLI prints it and exits 2."""
+
+
+def _all_subclasses(cls: type[TutorError]) -> list[type[TutorError]]:
+    found = [cls]
+    for sub in cls.__subclasses__():
+        found += _all_subclasses(sub)
+    return found
+
+
+def from_code(code: str | None, detail: str = "") -> TutorError:
+    """Rebuild a stored error (run.error_code) so the replier can show its sentence."""
+    for cls in _all_subclasses(TutorError):
+        if cls("").code == code:
+            return cls(detail)
+    return TutorError(detail)

@@ -1,0 +1,12 @@
+"""Slack listeners: parse, store, ack. No business logic lives here."""
+
+from __future__ import annotations
+
+from slack_bolt.async_app import AsyncApp
+
+from bot.handlers import events
+from bot.tutor import Tutor
+
+
+def register(app: AsyncApp, tutor: Tutor) -> None:
+    events.register(app, tutor)

@@ -1,0 +1,167 @@
+"""Turns a finished run into Slack posts and chart uploads, exactly once.
+
+Every post and upload has a delivery row keyed by (run, key). The row is written before Slack is
+called and marked done after; a row left pending by a crash is checked against Slack (message
+metadata, file shares) before anything is sent again.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot import errors
+from bot.ai import ChartRef, ModelReply, OpenAIGateway
+from bot.formatting import format_reply
+from bot.slack_api import Place, SlackGateway
+from bot.tutor import place_of
+from db import repo
+from db.models import Delivery, Run
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".svg")
+CUT_OFF_NOTE = "_(My answer was cut off. Ask me to continue.)_"
+
+
+@dataclass(frozen=True)
+class ChartUpload:
+    """A file from the run's sandbox, named for Slack."""
+
+    file_id: str
+    container_id: str
+    filename: str
+    title: str
+
+
+class Replier:
+    def __init__(
+        self, *, sessions: async_sessionmaker[AsyncSession], ai: OpenAIGateway, slack: SlackGateway
+    ) -> None:
+        self._sessions = sessions
+        self._ai = ai
+        self._slack = slack
+
+    async def deliver(self, run: Run, reply: ModelReply | None) -> None:
+        """Post the answer (or the one-sentence error) and every chart of `run`."""
+        place = place_of(run)
+        failure = errors.from_code(run.error_code, run.error_message or "") if run.error_code else None
+        if failure is None and reply is not None:
+            charts = await self._charts(run, reply)
+            failure = reply.failure()
+            text = reply.text if failure is None or reply.status == "incomplete" else ""
+            if reply.status == "incomplete" and reply.text.strip():
+                text = f"{text}\n\n{CUT_OFF_NOTE}"
+                failure = None
+            uploaded = {chart.filename: chart.title for chart in charts}
+            for index, part in enumerate(format_reply(text, uploaded) if text.strip() else []):
+                await self._post_once(run, place, f"text:{index}", part)
+            for chart in charts:
+                await self._upload_once(run, place, chart)
+        if failure is not None:
+            await self._post_once(run, place, "error", failure.user_message)
+        if place.thread_ts is None:
+            await self._slack.show_status(place, "", message_ts=run.message_ts)
+
+    async def _charts(self, run: Run, reply: ModelReply) -> list[ChartUpload]:
+        """Cited files in citation order, then image files the code saved without citing them."""
+        refs = list(reply.charts)
+        container_ids = {ref.container_id for ref in refs}
+        if run.create_started_at is not None and reply.ran_code:
+            refs += await self._uncited_images(run.create_started_at, container_ids, refs, reply)
+        uploads: list[ChartUpload] = []
+        for number, ref in enumerate(refs, start=1):
+            uploads.append(_name_chart(ref, number))
+        return uploads
+
+    async def _uncited_images(
+        self, started: datetime, container_ids: set[str], cited: list[ChartRef], reply: ModelReply
+    ) -> list[ChartRef]:
+        known = {ref.file_id for ref in cited}
+        found: list[ChartRef] = []
+        for container_id in container_ids or set(reply.container_ids):
+            try:
+                files = await self._ai.list_container_files(container_id)
+            except errors.TutorError:
+                continue
+            for item in files:
+                if (
+                    item.source == "assistant"
+                    and item.created_at >= int(started.timestamp()) - 5
+                    and item.id not in known
+                    and item.filename.lower().endswith(IMAGE_EXTENSIONS)
+                ):
+                    found.append(ChartRef(container_id, item.id, item.filename))
+        return found
+
+    async def _post_once(self, run: Run, place: Place, key: str, text: str) -> None:
+        delivery, created = await self._start(run, key)
+        if delivery.state == "done":
+            return
+        if not created:
+            found = await self._slack.find_post(
+                place, delivery_key=self._tag(run, key), oldest=run.message_ts
+            )
+            if found:
+                await self._finish(delivery.id, slack_ts=found)
+                return
+        ts = await self._slack.post(place, text, delivery_key=self._tag(run, key))
+        await self._finish(delivery.id, slack_ts=ts)
+
+    async def _upload_once(self, run: Run, place: Place, chart: ChartUpload) -> None:
+        delivery, created = await self._start(run, f"file:{chart.file_id}")
+        if delivery.state == "done":
+            return
+        if (
+            not created
+            and delivery.slack_file_id
+            and await self._slack.is_shared(delivery.slack_file_id, place.channel_id)
+        ):
+            await self._finish(delivery.id, slack_file_id=delivery.slack_file_id)
+            return
+        content = await self._ai.download_container_file(chart.container_id, chart.file_id)
+        file_id, upload_url = await self._slack.begin_upload(filename=chart.filename, length=len(content))
+        await self._note_file(delivery.id, file_id)
+        await self._slack.send_upload(upload_url, content)
+        await self._slack.complete_upload(place, file_id=file_id, title=chart.title)
+        await self._finish(delivery.id, slack_file_id=file_id)
+        log.info("run %s: uploaded %s to %s", run.id, chart.filename, place.channel_id)
+
+    @staticmethod
+    def _tag(run: Run, key: str) -> str:
+        return f"{run.run_uuid}:{key}"
+
+    async def _start(self, run: Run, key: str) -> tuple[Delivery, bool]:
+        async with self._sessions.begin() as session:
+            return await repo.start_delivery(session, run_id=run.id, key=key)
+
+    async def _note_file(self, delivery_id: int, file_id: str) -> None:
+        async with self._sessions.begin() as session:
+            delivery = await session.get(Delivery, delivery_id)
+            if delivery is not None:
+                delivery.slack_file_id = file_id
+
+    async def _finish(
+        self, delivery_id: int, *, slack_ts: str | None = None, slack_file_id: str | None = None
+    ) -> None:
+        async with self._sessions.begin() as session:
+            delivery = await session.get(Delivery, delivery_id)
+            if delivery is not None:
+                delivery.state = "done"
+                delivery.slack_ts = slack_ts or delivery.slack_ts
+                delivery.slack_file_id = slack_file_id or delivery.slack_file_id
+
+
+def _name_chart(ref: ChartRef, number: int) -> ChartUpload:
+    """Give generic sandbox names (`cfile_….png`) a readable file name and title."""
+    stem, dot, ext = ref.filename.rpartition(".")
+    if not dot:
+        stem, ext = ref.filename, "png"
+    if not stem or stem.startswith("cfile_"):
+        return ChartUpload(ref.file_id, ref.container_id, f"chart-{number}.{ext}", f"Chart {number}")
+    title = re.sub(r"[_\-]+", " ", stem).strip()
+    return ChartUpload(ref.file_id, ref.container_id, ref.filename, title[:1].upper() + title[1:])

@@ -1,0 +1,201 @@
+"""The only module that calls the Slack Web API directly (Bolt's listeners aside)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+    AsyncServerErrorRetryHandler,
+)
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot import errors
+
+log = logging.getLogger(__name__)
+
+REPLY_EVENT_TYPE = "tutor_reply"
+#: Errors after which posting into that place again cannot succeed.
+FINAL_ERRORS = frozenset(
+    {
+        "not_in_channel",
+        "channel_not_found",
+        "is_archived",
+        "restricted_action",
+        "invalid_auth",
+        "account_inactive",
+        "token_revoked",
+        "missing_scope",
+        "msg_too_long",
+        "invalid_blocks",
+    }
+)
+DISPLAY_NAME_TTL = 3600.0
+
+
+def make_web_client(token: str, base_url: str) -> AsyncWebClient:
+    """The client Bolt and the replier share; 429s and 5xx are retried, not only dropped sockets."""
+    return AsyncWebClient(
+        token=token,
+        base_url=base_url,
+        retry_handlers=[
+            AsyncConnectionErrorRetryHandler(max_retry_count=1),
+            AsyncRateLimitErrorRetryHandler(max_retry_count=3),
+            AsyncServerErrorRetryHandler(max_retry_count=2),
+        ],
+    )
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a reply goes: a channel, and the thread root (None for the top level of a DM)."""
+
+    channel_id: str
+    thread_ts: str | None
+
+
+class SlackGateway:
+    def __init__(self, client: AsyncWebClient) -> None:
+        self.client = client
+        self._names: dict[str, tuple[str, float]] = {}
+        self._http: aiohttp.ClientSession | None = None
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+
+    async def post(self, place: Place, text: str, *, delivery_key: str) -> str:
+        """Post one message, tagged with `delivery_key` so a retry can find it; return its ts."""
+        response = await self._call(
+            "chat.postMessage",
+            self.client.chat_postMessage(
+                channel=place.channel_id,
+                thread_ts=place.thread_ts,
+                text=text,
+                unfurl_links=False,
+                unfurl_media=False,
+                metadata={"event_type": REPLY_EVENT_TYPE, "event_payload": {"delivery": delivery_key}},
+            ),
+        )
+        return str(response["ts"])
+
+    async def find_post(self, place: Place, *, delivery_key: str, oldest: str) -> str | None:
+        """The ts of an earlier post tagged `delivery_key` (a crash may have hidden its success)."""
+        if place.thread_ts:
+            call = self.client.conversations_replies(
+                channel=place.channel_id,
+                ts=place.thread_ts,
+                oldest=oldest,
+                include_all_metadata=True,
+                limit=200,
+            )
+        else:
+            call = self.client.conversations_history(
+                channel=place.channel_id, oldest=oldest, include_all_metadata=True, limit=200
+            )
+        response = await self._call("conversations.replies", call)
+        for message in response.get("messages") or []:
+            payload = (message.get("metadata") or {}).get("event_payload") or {}
+            if payload.get("delivery") == delivery_key:
+                return str(message["ts"])
+        return None
+
+    async def begin_upload(self, *, filename: str, length: int) -> tuple[str, str]:
+        """Step 1 of files upload v2: (Slack file id, pre-signed upload URL)."""
+        response = await self._call(
+            "files.getUploadURLExternal",
+            self.client.files_getUploadURLExternal(filename=filename, length=length),
+        )
+        return str(response["file_id"]), str(response["upload_url"])
+
+    async def send_upload(self, upload_url: str, content: bytes) -> None:
+        """Step 2: the raw bytes to the pre-signed URL, which takes no token."""
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300))
+        async with self._http.post(
+            upload_url, data=content, headers={"Content-Type": "application/octet-stream"}
+        ) as response:
+            if response.status != 200:
+                raise errors.SlackDeliveryFailed(f"upload returned HTTP {response.status}")
+
+    async def complete_upload(self, place: Place, *, file_id: str, title: str) -> None:
+        """Step 3: share the uploaded file into the thread."""
+        await self._call(
+            "files.completeUploadExternal",
+            self.client.files_completeUploadExternal(
+                files=[{"id": file_id, "title": title}],
+                channel_id=place.channel_id,
+                thread_ts=place.thread_ts,
+            ),
+        )
+
+    async def is_shared(self, file_id: str, channel_id: str) -> bool:
+        try:
+            response = await self.client.files_info(file=file_id)
+        except SlackApiError:
+            return False
+        shares = (response.get("file") or {}).get("shares") or {}
+        return any(channel_id in (shares.get(kind) or {}) for kind in ("public", "private"))
+
+    async def show_status(self, place: Place, status: str, *, message_ts: str) -> None:
+        """A visible sign of work: thread status where there is a thread, else a reaction."""
+        try:
+            if place.thread_ts:
+                await self.client.assistant_threads_setStatus(
+                    channel_id=place.channel_id, thread_ts=place.thread_ts, status=status
+                )
+            elif status:
+                await self.client.reactions_add(channel=place.channel_id, timestamp=message_ts, name="eyes")
+            else:
+                await self.client.reactions_remove(
+                    channel=place.channel_id, timestamp=message_ts, name="eyes"
+                )
+        except SlackApiError as exc:
+            # Cosmetic: never let it fail a run.
+            log.info("status not shown in %s: %s", place.channel_id, exc.response.get("error"))
+
+    async def display_name(self, user_id: str) -> str:
+        cached = self._names.get(user_id)
+        if cached and cached[1] > time.monotonic():
+            return cached[0]
+        try:
+            response = await self.client.users_info(user=user_id)
+        except SlackApiError as exc:
+            log.info("users.info %s failed: %s", user_id, exc.response.get("error"))
+            return ""
+        user: dict[str, Any] = response.get("user") or {}
+        profile: dict[str, Any] = user.get("profile") or {}
+        name = str(
+            profile.get("display_name")
+            or profile.get("real_name")
+            or user.get("real_name")
+            or user.get("name")
+            or ""
+        )
+        self._names[user_id] = (name, time.monotonic() + DISPLAY_NAME_TTL)
+        return name
+
+    async def auth_test(self) -> dict[str, Any]:
+        response = await self._call("auth.test", self.client.auth_test())
+        return dict(response.data) if isinstance(response.data, dict) else {}
+
+    @staticmethod
+    async def _call(method: str, call: Any) -> Any:
+        try:
+            return await call
+        except SlackApiError as exc:
+            error = str(exc.response.get("error"))
+            log.warning("%s failed: %s", method, error)
+            failure = errors.SlackDeliveryFailed(f"{method}: {error}")
+            if error in FINAL_ERRORS:
+                failure.retryable = False
+            raise failure from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("%s failed: %s", method, type(exc).__name__)
+            raise errors.SlackDeliveryFailed(f"{method}: {type(exc).__name__}") from None

@@ -1,0 +1,147 @@
+"""The tables: tutor profiles, Slack threads, runs (the job rows) and deliveries."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime(),
+        dict[str, Any]: JSON(),
+        list[str]: JSON(),
+    }
+
+
+class Profile(Base):
+    """What an Assistant object used to be: the tutor's name, instructions, model and tools."""
+
+    __tablename__ = "profiles"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    slug: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(128))
+    instructions: Mapped[str] = mapped_column(Text)
+    #: None means the operator's TUTOR_MODEL.
+    model: Mapped[str | None] = mapped_column(String(128))
+    tools: Mapped[list[str]] = mapped_column(default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TutorThread(Base):
+    """One Slack thread (or a DM's top level) and the OpenAI objects that hold its memory."""
+
+    __tablename__ = "tutor_threads"
+    __table_args__ = (UniqueConstraint("team_id", "channel_id", "thread_ts", name="uq_tutor_threads_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    team_id: Mapped[str] = mapped_column(String(32))
+    channel_id: Mapped[str] = mapped_column(String(32))
+    #: The thread root's ts; "" for the top level of a DM, which is one tutor thread until reset.
+    thread_ts: Mapped[str] = mapped_column(String(32))
+    profile_id: Mapped[int | None] = mapped_column(ForeignKey("profiles.id"))
+    conversation_id: Mapped[str | None] = mapped_column(String(128))
+    container_id: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Run(Base):
+    """One question and the model run that answers it: the unit of durability and of work."""
+
+    __tablename__ = "runs"
+    __table_args__ = (
+        UniqueConstraint("team_id", "channel_id", "message_ts", name="uq_runs_message"),
+        Index("ix_runs_due", "status", "next_attempt_at"),
+        Index("ix_runs_thread", "thread_id", "message_ts"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: Goes to OpenAI as response metadata and to Slack as message metadata.
+    run_uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    thread_id: Mapped[int] = mapped_column(ForeignKey("tutor_threads.id", ondelete="CASCADE"))
+    team_id: Mapped[str] = mapped_column(String(32))
+    channel_id: Mapped[str] = mapped_column(String(32))
+    message_ts: Mapped[str] = mapped_column(String(32))
+    #: Where the answer goes: the thread root, or None for the top level of a DM.
+    reply_thread_ts: Mapped[str | None] = mapped_column(String(32))
+    user_id: Mapped[str] = mapped_column(String(32))
+    text: Mapped[str] = mapped_column(Text)
+    event_id: Mapped[str | None] = mapped_column(String(64))
+
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None]
+    response_id: Mapped[str | None] = mapped_column(String(128))
+    create_started_at: Mapped[datetime | None]
+    status_shown_at: Mapped[datetime | None]
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+
+class Delivery(Base):
+    """A Slack post or upload that belongs to a run; makes the replier exactly-once."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (UniqueConstraint("run_id", "key", name="uq_deliveries_run_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    #: "text:0", "file:<container file id>", "error" …
+    key: Mapped[str] = mapped_column(String(160))
+    #: "pending" once we are about to call Slack, "done" once Slack answered.
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    slack_ts: Mapped[str | None] = mapped_column(String(32))
+    slack_file_id: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
