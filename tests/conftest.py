@@ -1,0 +1,168 @@
+"""Fixtures: fake Slack and OpenAI servers, a migrated database, and the real bot serving HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from aiohttp import web
+from sqlalchemy import select
+
+from bot.app import Components, build, web_app
+from bot.config import Settings
+from db.migrate import upgrade
+from db.models import Run
+from tests.fakes import FakeOpenAI, FakeSlack
+from tests.slack_payloads import SIGNING_SECRET, as_json, signed_headers
+
+PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest_asyncio.fixture
+async def fake_slack() -> AsyncIterator[FakeSlack]:
+    async with FakeSlack() as slack:
+        yield slack
+
+
+@pytest_asyncio.fixture
+async def fake_openai() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as server:
+        yield server
+
+
+async def _postgres_reachable() -> bool:
+    import asyncpg
+
+    try:
+        connection = await asyncpg.connect(PG_ADMIN_URL, timeout=3)
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return False
+    await connection.close()
+    return True
+
+
+@pytest_asyncio.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """A fresh, empty PostgreSQL database, dropped afterwards."""
+    import asyncpg
+
+    if not await _postgres_reachable():
+        pytest.skip(f"PostgreSQL is not reachable at {PG_ADMIN_URL}")
+    name = f"tutor_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(PG_ADMIN_URL)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield PG_ADMIN_URL.replace("postgresql://", "postgresql+asyncpg://").rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Any) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'tutor.db'}"
+
+
+@pytest_asyncio.fixture
+async def database_url(sqlite_url: str) -> str:
+    await asyncio.to_thread(upgrade, sqlite_url)
+    return sqlite_url
+
+
+def make_settings(database_url: str, slack: FakeSlack, openai: FakeOpenAI, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "slack_bot_token": slack.bot_token,
+        "slack_signing_secret": SIGNING_SECRET,
+        "slack_api_url": slack.api_url,
+        "openai_api_key": openai.api_key,
+        "openai_base_url": openai.base_url,
+        "database_url": database_url,
+        "tutor_poll_interval": 0.05,
+        "tutor_lease_seconds": 5.0,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@dataclass
+class Bot:
+    """The real app on 127.0.0.1, plus what it talks to."""
+
+    url: str
+    components: Components
+    slack: FakeSlack
+    openai: FakeOpenAI
+    http: aiohttp.ClientSession
+
+    async def post(self, body: str, headers: dict[str, str]) -> tuple[int, str]:
+        async with self.http.post(
+            f"{self.url}/slack/events", data=body.encode(), headers=headers
+        ) as response:
+            return response.status, await response.text()
+
+    async def send(
+        self, payload: dict[str, Any], *, retry_num: int | None = None, **header_args: Any
+    ) -> tuple[int, str]:
+        """POST a signed Events API payload, as Slack does (retries carry X-Slack-Retry-Num)."""
+        body = as_json(payload)
+        headers = signed_headers(body, **header_args)
+        if retry_num is not None:
+            headers.update({"X-Slack-Retry-Num": str(retry_num), "X-Slack-Retry-Reason": "http_timeout"})
+        return await self.post(body, headers)
+
+    async def runs(self) -> list[Run]:
+        async with self.components.sessions() as session:
+            return list((await session.scalars(select(Run).order_by(Run.id))).all())
+
+    async def wait_runs_finished(self, count: int, within: float = 10.0) -> list[Run]:
+        deadline = asyncio.get_running_loop().time() + within
+        while True:
+            runs = await self.runs()
+            if len(runs) >= count and all(run.status in ("done", "failed") for run in runs):
+                return runs
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"runs not finished in {within}s: {[(r.id, r.status) for r in runs]}")
+            await asyncio.sleep(0.02)
+
+
+BotFactory = Callable[..., Awaitable[Bot]]
+
+
+@pytest_asyncio.fixture
+async def start_bot(
+    database_url: str, fake_slack: FakeSlack, fake_openai: FakeOpenAI
+) -> AsyncIterator[BotFactory]:
+    """Start the bot (HTTP + in-process run-poller unless with_worker=False) on a random port."""
+    runners: list[web.AppRunner] = []
+    sessions: list[aiohttp.ClientSession] = []
+
+    async def start(*, with_worker: bool = True, url: str | None = None, **overrides: Any) -> Bot:
+        settings = make_settings(url or database_url, fake_slack, fake_openai, **overrides)
+        components = build(settings)
+        runner = web.AppRunner(web_app(components, with_worker=with_worker), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        port = runner.addresses[0][1]
+        http = aiohttp.ClientSession()
+        sessions.append(http)
+        return Bot(f"http://127.0.0.1:{port}", components, fake_slack, fake_openai, http)
+
+    yield start
+    for http in sessions:
+        await http.close()
+    for runner in runners:
+        await runner.cleanup()
+
+
+@pytest_asyncio.fixture
+async def bot(start_bot: BotFactory) -> Bot:
+    return await start_bot()

@@ -1,0 +1,757 @@
+"""A fake Slack Web API + file host, driven by the real ``slack_sdk`` AsyncWebClient.
+
+Point the client at ``fake.api_url`` (``AsyncWebClient(token=..., base_url=fake.api_url)``).
+Web API methods are answered under ``/api/<method>``; files are served under ``/files-pri/``;
+uploads go to ``/upload/v1/<file_id>``; slash-command replies to ``/response_url/<anything>``.
+
+Selectors for ``calls()``, ``fail_next()`` and ``delay_next()``: a Web API method name
+(``"chat.postMessage"``, exact match) or, for the other routes, a path prefix starting with
+``/`` (``"/upload/v1/"``, ``"/files-pri/"``, ``"/response_url/"``).
+"""
+
+from __future__ import annotations
+
+import copy
+import mimetypes
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from ._recording import FakeServer, RecordedRequest, decode_json_string, recorded
+
+#: Form/query arguments that slack_sdk JSON-encodes into strings.
+_JSON_STRING_KEYS = frozenset(
+    {
+        "attachments",
+        "blocks",
+        "chunks",
+        "files",
+        "loading_messages",
+        "metadata",
+        "prompts",
+        "unfurls",
+        "view",
+    }
+)
+
+_SIGN_IN_PAGE = (
+    "<!DOCTYPE html><html lang=\"en-US\"><head><meta charset=\"utf-8\">"
+    "<title>Slack</title></head><body><h1>Sign in to Slack</h1>"
+    "<p>Continue with the email address you use to sign in.</p></body></html>"
+)
+
+_CHUNK_SIZE = 64 * 1024
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+@dataclass
+class SharedUpload:
+    """A file that went through files.getUploadURLExternal → upload → completeUploadExternal."""
+
+    file_id: str
+    filename: str
+    title: str | None
+    content: bytes
+    channel_id: str | None
+    thread_ts: str | None
+    initial_comment: str | None
+
+
+@dataclass
+class _PendingUpload:
+    file_id: str
+    filename: str
+    length: int | None
+    content: bytes | None = None
+
+
+@dataclass
+class _HostedFile:
+    info: dict[str, Any]
+    content: bytes
+    shared_at: float | None = None
+    shares: dict[str, Any] = field(default_factory=dict)
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value is None:
+        return False
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def _ts_key(ts: str) -> tuple[int, int]:
+    sec, _, frac = ts.partition(".")
+    return int(sec or 0), int((frac or "0").ljust(6, "0")[:6])
+
+
+def _ts_micros(ts: str) -> int:
+    sec, micro = _ts_key(ts)
+    return sec * 1_000_000 + micro
+
+
+def _guess_filetype(name: str) -> str:
+    _, dot, ext = name.rpartition(".")
+    return ext.lower() if dot and ext else "binary"
+
+
+class FakeSlack(FakeServer):
+    """Fake Slack Web API. See the module docstring for selectors and routes."""
+
+    def __init__(
+        self,
+        bot_token: str = "xoxb-test-token",  # noqa: S107 - a fake credential
+        bot_user_id: str = "U0TUTORBOT",
+        bot_id: str = "B0TUTOR",
+        team_id: str = "T0001",
+    ) -> None:
+        super().__init__()
+        self.bot_token = bot_token
+        self.bot_user_id = bot_user_id
+        self.bot_id = bot_id
+        self.team_id = team_id
+        self.app_id = "A0TUTOR"
+        self.team_name = "Example"
+        self.team_domain = "example"
+        #: user id -> user object for users.info; unknown ids get a default "Alice" profile
+        #: unless ``strict_users`` is True (then ``user_not_found``).
+        self.users: dict[str, dict[str, Any]] = {}
+        self.strict_users = False
+        #: channel id -> channel object override for conversations.info.
+        self.channels: dict[str, dict[str, Any]] = {}
+        #: Seconds after files.completeUploadExternal before files.info shows ``shares``
+        #: (Slack shares asynchronously).
+        self.share_delay = 0.0
+        #: All stored messages (bot posts, seeded human messages, upload shares) by channel.
+        self.channel_messages: dict[str, list[dict[str, Any]]] = {}
+        self.deleted_messages: list[dict[str, Any]] = []
+        self.ephemeral_messages: list[dict[str, Any]] = []
+        #: (channel, ts) -> reaction name -> list of user ids.
+        self.reactions: dict[tuple[str, str], dict[str, list[str]]] = {}
+        #: JSON bodies POSTed to /response_url/<name>, with the name under ``"_path"``.
+        self.responded: list[dict[str, Any]] = []
+        self.hosted_files: dict[str, _HostedFile] = {}
+        self._pending_uploads: dict[str, _PendingUpload] = {}
+        self._uploads: list[SharedUpload] = []
+        self._last_ts = 1_760_000_000_000_000
+        self._file_counter = 0
+        self._methods: dict[str, Handler] = {
+            "auth.test": self._auth_test,
+            "chat.postMessage": self._chat_post_message,
+            "chat.update": self._chat_update,
+            "chat.delete": self._chat_delete,
+            "chat.postEphemeral": self._chat_post_ephemeral,
+            "chat.getPermalink": self._chat_get_permalink,
+            "conversations.replies": self._conversations_replies,
+            "conversations.info": self._conversations_info,
+            "users.info": self._users_info,
+            "reactions.add": self._reactions_add,
+            "reactions.remove": self._reactions_remove,
+            "views.publish": self._views_publish,
+            "files.info": self._files_info,
+            "files.getUploadURLExternal": self._files_get_upload_url,
+            "files.completeUploadExternal": self._files_complete_upload,
+        }
+
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:PORT``."""
+        return self.origin
+
+    @property
+    def api_url(self) -> str:
+        """``http://127.0.0.1:PORT/api/``: what SLACK_API_URL / AsyncWebClient(base_url=) gets."""
+        return f"{self.origin}/api/"
+
+    def response_url(self, name: str = "cmd") -> str:
+        """A response_url to put into a slash-command payload; POSTs land in ``responded``."""
+        return f"{self.origin}/response_url/{name}"
+
+
+    def _request_name(self, method: str, path: str) -> str:
+        if path.startswith("/api/"):
+            return path[len("/api/") :]
+        return path
+
+    def _matches(self, selector: str, rec: RecordedRequest) -> bool:
+        if selector.startswith("/"):
+            return rec.path.startswith(selector)
+        return rec.name == selector
+
+    def _json_string_keys(self, rec: RecordedRequest) -> frozenset[str]:
+        return _JSON_STRING_KEYS if rec.path.startswith("/api/") else frozenset()
+
+
+    def next_ts(self) -> str:
+        """A fresh message ts, strictly greater than every ts seen so far."""
+        self._last_ts += 100
+        return f"{self._last_ts // 1_000_000}.{self._last_ts % 1_000_000:06d}"
+
+    def _observe_ts(self, ts: str) -> None:
+        self._last_ts = max(self._last_ts, _ts_micros(ts))
+
+    def add_message(
+        self,
+        channel: str,
+        ts: str,
+        text: str,
+        user: str,
+        thread_ts: str | None = None,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """Seed a (human) message, e.g. the thread root a conversations.replies call reads."""
+        message: dict[str, Any] = {"type": "message", "user": user, "text": text, "ts": ts}
+        if thread_ts is not None:
+            message["thread_ts"] = thread_ts
+        message.update(extra)
+        message["channel"] = channel
+        self._store(channel, message)
+        self._observe_ts(ts)
+        return message
+
+    def all_messages(self, channel: str, thread_ts: str | None = None) -> list[dict[str, Any]]:
+        """Every stored message in ``channel`` (optionally one thread, root included), ts order."""
+        found = self.channel_messages.get(channel, [])
+        if thread_ts is not None:
+            found = [m for m in found if m["ts"] == thread_ts or m.get("thread_ts") == thread_ts]
+        return sorted(found, key=lambda m: _ts_key(m["ts"]))
+
+    def messages(
+        self, channel: str, thread_ts: str | None = None, *, include_uploads: bool = False
+    ) -> list[dict[str, Any]]:
+        """Messages the bot posted with chat.postMessage (ts order), optionally one thread only.
+
+        File-share messages created by files.completeUploadExternal are left out unless
+        ``include_uploads`` is True.
+        """
+        return [
+            m
+            for m in self.all_messages(channel, thread_ts)
+            if m.get("user") == self.bot_user_id and (include_uploads or not m.get("upload"))
+        ]
+
+    @property
+    def uploads(self) -> list[SharedUpload]:
+        """Completed (files.completeUploadExternal) uploads, one entry per file and channel."""
+        return list(self._uploads)
+
+    def reactions_on(self, channel: str, ts: str) -> list[str]:
+        """Reaction names currently on a message."""
+        return [name for name, users in self.reactions.get((channel, ts), {}).items() if users]
+
+    def new_file_id(self) -> str:
+        self._file_counter += 1
+        return f"F0FAKE{self._file_counter:05d}"
+
+    def host_file(
+        self,
+        name: str,
+        content: bytes,
+        mimetype: str,
+        *,
+        file_id: str | None = None,
+        filetype: str | None = None,
+        user: str = "U0ALICE",
+        title: str | None = None,
+    ) -> dict[str, Any]:
+        """Serve ``content`` like a file shared in Slack and return its Slack file object.
+
+        Download URL: ``{base_url}/files-pri/{team_id}-{id}/download/{name}`` (bearer required).
+        """
+        fid = file_id or self.new_file_id()
+        now = int(time.time())
+        ftype = filetype or _guess_filetype(name)
+        info: dict[str, Any] = {
+            "id": fid,
+            "created": now,
+            "timestamp": now,
+            "name": name,
+            "title": title if title is not None else name,
+            "mimetype": mimetype,
+            "filetype": ftype,
+            "pretty_type": ftype.upper(),
+            "user": user,
+            "user_team": self.team_id,
+            "editable": False,
+            "size": len(content),
+            "mode": "hosted",
+            "is_external": False,
+            "external_type": "",
+            "is_public": True,
+            "public_url_shared": False,
+            "display_as_bot": False,
+            "username": "",
+            "url_private": f"{self.origin}/files-pri/{self.team_id}-{fid}/{name}",
+            "url_private_download": (
+                f"{self.origin}/files-pri/{self.team_id}-{fid}/download/{name}"
+            ),
+            "permalink": f"https://{self.team_domain}.slack.com/files/{user}/{fid}/{name}",
+            "permalink_public": f"https://slack-files.com/{self.team_id}-{fid}-0000000000",
+            "file_access": "visible",
+            "shares": {},
+            "channels": [],
+            "groups": [],
+            "ims": [],
+            "has_rich_preview": False,
+        }
+        self.hosted_files[fid] = _HostedFile(info=info, content=content)
+        return copy.deepcopy(info)
+
+    def file_info(self, file_id: str) -> dict[str, Any] | None:
+        """The current files.info object for ``file_id`` (None if unknown)."""
+        hosted = self.hosted_files.get(file_id)
+        if hosted is None:
+            return None
+        info = copy.deepcopy(hosted.info)
+        visible = (
+            hosted.shared_at is not None
+            and time.monotonic() - hosted.shared_at >= self.share_delay
+        )
+        if visible:
+            info["shares"] = copy.deepcopy(hosted.shares)
+            for kind, channels in hosted.shares.items():
+                key = "channels" if kind == "public" else "groups"
+                info[key] = sorted(set(info[key]) | set(channels))
+        return info
+
+
+    def _build_app(self, app: web.Application) -> None:
+        app.router.add_route("*", "/api/{method}", self._api)
+        app.router.add_post("/upload/v1/{file_id}", self._upload)
+        app.router.add_get("/files-pri/{team_file}/download/{name}", self._download)
+        app.router.add_get("/files-pri/{team_file}/{name}", self._download)
+        app.router.add_post("/response_url/{name:.*}", self._response_url)
+
+    async def _api(self, request: web.Request) -> web.StreamResponse:
+        rec = recorded(request)
+        method = request.match_info["method"]
+        args = rec.args
+        token = rec.bearer or args.get("token")
+        if token != self.bot_token:
+            return web.json_response({"ok": False, "error": "invalid_auth"})
+        handler = self._methods.get(method)
+        if handler is None:
+            # assistant.threads.*, and anything else: recorded, answered ok.
+            return web.json_response({"ok": True})
+        result = await handler(args)
+        return web.json_response(result)
+
+
+    def _store(self, channel: str, message: dict[str, Any]) -> None:
+        self.channel_messages.setdefault(channel, []).append(message)
+
+    def _find(self, channel: str, ts: str) -> dict[str, Any] | None:
+        for message in self.channel_messages.get(channel, []):
+            if message["ts"] == ts:
+                return message
+        return None
+
+    async def _auth_test(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "url": f"https://{self.team_domain}.slack.com/",
+            "team": self.team_name,
+            "user": "tutor",
+            "team_id": self.team_id,
+            "user_id": self.bot_user_id,
+            "bot_id": self.bot_id,
+            "is_enterprise_install": False,
+        }
+
+    def _message_fields(self, args: dict[str, Any]) -> dict[str, Any] | str:
+        text = args.get("text")
+        blocks = args.get("blocks")
+        markdown_text = args.get("markdown_text")
+        if markdown_text is not None and (text is not None or blocks is not None):
+            return "markdown_text_conflict"
+        if not text and not blocks and not markdown_text and not args.get("attachments"):
+            return "no_text"
+        fields: dict[str, Any] = {"text": text if text is not None else (markdown_text or "")}
+        if blocks is not None:
+            fields["blocks"] = blocks
+        if markdown_text is not None:
+            fields["markdown_text"] = markdown_text
+        if args.get("attachments") is not None:
+            fields["attachments"] = args["attachments"]
+        if args.get("metadata") is not None:
+            fields["metadata"] = args["metadata"]
+        return fields
+
+    def _bot_message(self, ts: str) -> dict[str, Any]:
+        return {
+            "type": "message",
+            "user": self.bot_user_id,
+            "bot_id": self.bot_id,
+            "app_id": self.app_id,
+            "ts": ts,
+            "team": self.team_id,
+            "bot_profile": {"id": self.bot_id, "app_id": self.app_id, "name": "tutor"},
+        }
+
+    @staticmethod
+    def _public(message: dict[str, Any], *, with_metadata: bool = True) -> dict[str, Any]:
+        out = {k: copy.deepcopy(v) for k, v in message.items() if k != "channel"}
+        if not with_metadata:
+            out.pop("metadata", None)
+        return out
+
+    async def _chat_post_message(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel = args.get("channel")
+        if not channel:
+            return {"ok": False, "error": "channel_not_found"}
+        fields = self._message_fields(args)
+        if isinstance(fields, str):
+            return {"ok": False, "error": fields}
+        ts = self.next_ts()
+        message = self._bot_message(ts)
+        message.update(fields)
+        thread_ts = args.get("thread_ts")
+        if thread_ts:
+            message["thread_ts"] = str(thread_ts)
+            if _truthy(args.get("reply_broadcast")):
+                message["subtype"] = "thread_broadcast"
+        message["channel"] = channel
+        self._store(channel, message)
+        return {"ok": True, "channel": channel, "ts": ts, "message": self._public(message)}
+
+    async def _chat_update(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel, ts = args.get("channel"), args.get("ts")
+        message = self._find(str(channel), str(ts)) if channel and ts else None
+        if message is None:
+            return {"ok": False, "error": "message_not_found"}
+        if message.get("user") != self.bot_user_id:
+            return {"ok": False, "error": "cant_update_message"}
+        fields = self._message_fields(args)
+        if isinstance(fields, str):
+            return {"ok": False, "error": fields}
+        if "blocks" not in fields:
+            message.pop("blocks", None)
+        message.pop("markdown_text", None)
+        message.update(fields)
+        message["edited"] = {"user": self.bot_user_id, "ts": self.next_ts()}
+        return {
+            "ok": True,
+            "channel": channel,
+            "ts": ts,
+            "text": message.get("text", ""),
+            "message": self._public(message),
+        }
+
+    async def _chat_delete(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel, ts = args.get("channel"), args.get("ts")
+        message = self._find(str(channel), str(ts)) if channel and ts else None
+        if message is None:
+            return {"ok": False, "error": "message_not_found"}
+        if message.get("user") != self.bot_user_id:
+            return {"ok": False, "error": "cant_delete_message"}
+        self.channel_messages[str(channel)].remove(message)
+        self.deleted_messages.append(message)
+        return {"ok": True, "channel": channel, "ts": ts}
+
+    async def _chat_post_ephemeral(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel, user = args.get("channel"), args.get("user")
+        if not channel:
+            return {"ok": False, "error": "channel_not_found"}
+        if not user:
+            return {"ok": False, "error": "user_not_in_channel"}
+        fields = self._message_fields(args)
+        if isinstance(fields, str):
+            return {"ok": False, "error": fields}
+        ts = self.next_ts()
+        message = self._bot_message(ts)
+        message.update(fields)
+        message.update({"channel": channel, "ephemeral_user": user})
+        if args.get("thread_ts"):
+            message["thread_ts"] = str(args["thread_ts"])
+        self.ephemeral_messages.append(message)
+        return {"ok": True, "message_ts": ts}
+
+    async def _chat_get_permalink(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel, ts = args.get("channel"), args.get("message_ts")
+        if not channel or not ts:
+            return {"ok": False, "error": "message_not_found"}
+        link = f"https://{self.team_domain}.slack.com/archives/{channel}/p{str(ts).replace('.', '')}"
+        return {"ok": True, "channel": channel, "permalink": link}
+
+    async def _conversations_replies(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel, root_ts = args.get("channel"), args.get("ts")
+        if not channel or not root_ts:
+            return {"ok": False, "error": "invalid_arguments"}
+        thread = self.all_messages(str(channel), str(root_ts))
+        if not thread:
+            return {"ok": False, "error": "thread_not_found"}
+        with_metadata = _truthy(args.get("include_all_metadata"))
+        replies = [m for m in thread if m["ts"] != root_ts]
+        out: list[dict[str, Any]] = []
+        for message in thread:
+            public = self._public(message, with_metadata=with_metadata)
+            if message["ts"] == root_ts and replies:
+                public["thread_ts"] = root_ts
+                public["reply_count"] = len(replies)
+                public["reply_users"] = sorted({str(m.get("user", "")) for m in replies})
+                public["reply_users_count"] = len(public["reply_users"])
+                public["latest_reply"] = replies[-1]["ts"]
+            out.append(public)
+        start = int(args.get("cursor") or 0)
+        limit = int(args.get("limit") or 1000)
+        page = out[start : start + limit]
+        more = start + limit < len(out)
+        return {
+            "ok": True,
+            "messages": page,
+            "has_more": more,
+            "response_metadata": {"next_cursor": str(start + limit) if more else ""},
+        }
+
+    async def _conversations_info(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel = str(args.get("channel") or "")
+        if not channel:
+            return {"ok": False, "error": "channel_not_found"}
+        if channel in self.channels:
+            return {"ok": True, "channel": copy.deepcopy(self.channels[channel])}
+        is_im = channel.startswith("D")
+        info: dict[str, Any] = {
+            "id": channel,
+            "name": "" if is_im else channel.lower(),
+            "is_channel": channel.startswith("C"),
+            "is_group": channel.startswith("G"),
+            "is_im": is_im,
+            "is_mpim": False,
+            "is_private": not channel.startswith("C"),
+            "is_archived": False,
+            "is_general": False,
+            "is_member": True,
+            "is_ext_shared": False,
+            "context_team_id": self.team_id,
+            "created": 1_700_000_000,
+        }
+        if is_im:
+            info["user"] = "U0ALICE"
+        return {"ok": True, "channel": info}
+
+    async def _users_info(self, args: dict[str, Any]) -> dict[str, Any]:
+        user_id = str(args.get("user") or "")
+        if user_id in self.users:
+            return {"ok": True, "user": copy.deepcopy(self.users[user_id])}
+        if self.strict_users or not user_id.startswith(("U", "W")):
+            return {"ok": False, "error": "user_not_found"}
+        return {
+            "ok": True,
+            "user": {
+                "id": user_id,
+                "team_id": self.team_id,
+                "name": "alice",
+                "real_name": "Alice Liddell",
+                "deleted": False,
+                "tz": "Europe/London",
+                "profile": {"display_name": "Alice", "real_name": "Alice Liddell"},
+                "is_bot": False,
+            },
+        }
+
+    def _reaction_args(self, args: dict[str, Any]) -> tuple[str, str, str] | str:
+        channel, ts, name = args.get("channel"), args.get("timestamp"), args.get("name")
+        if not name:
+            return "invalid_name"
+        if not channel or not ts:
+            return "no_item_specified"
+        if self._find(str(channel), str(ts)) is None:
+            return "message_not_found"
+        return str(channel), str(ts), str(name).strip(":")
+
+    async def _reactions_add(self, args: dict[str, Any]) -> dict[str, Any]:
+        parsed = self._reaction_args(args)
+        if isinstance(parsed, str):
+            return {"ok": False, "error": parsed}
+        channel, ts, name = parsed
+        users = self.reactions.setdefault((channel, ts), {}).setdefault(name, [])
+        if self.bot_user_id in users:
+            return {"ok": False, "error": "already_reacted"}
+        users.append(self.bot_user_id)
+        return {"ok": True}
+
+    async def _reactions_remove(self, args: dict[str, Any]) -> dict[str, Any]:
+        parsed = self._reaction_args(args)
+        if isinstance(parsed, str):
+            return {"ok": False, "error": parsed}
+        channel, ts, name = parsed
+        users = self.reactions.get((channel, ts), {}).get(name, [])
+        if self.bot_user_id not in users:
+            return {"ok": False, "error": "no_reaction"}
+        users.remove(self.bot_user_id)
+        return {"ok": True}
+
+    async def _views_publish(self, args: dict[str, Any]) -> dict[str, Any]:
+        view = args.get("view")
+        view_obj = dict(view) if isinstance(view, dict) else {}
+        view_obj.setdefault("id", "V0FAKEHOME")
+        view_obj.setdefault("team_id", self.team_id)
+        return {"ok": True, "view": view_obj}
+
+    async def _files_info(self, args: dict[str, Any]) -> dict[str, Any]:
+        info = self.file_info(str(args.get("file") or ""))
+        if info is None:
+            return {"ok": False, "error": "file_not_found"}
+        return {
+            "ok": True,
+            "file": info,
+            "comments": [],
+            "response_metadata": {"next_cursor": ""},
+        }
+
+    async def _files_get_upload_url(self, args: dict[str, Any]) -> dict[str, Any]:
+        filename, length = args.get("filename"), args.get("length")
+        if not filename or length in (None, ""):
+            return {"ok": False, "error": "invalid_arguments"}
+        try:
+            declared = int(length)
+        except (TypeError, ValueError):
+            return {"ok": False, "error": "invalid_arguments"}
+        fid = self.new_file_id()
+        self._pending_uploads[fid] = _PendingUpload(
+            file_id=fid, filename=str(filename), length=declared
+        )
+        return {"ok": True, "upload_url": f"{self.origin}/upload/v1/{fid}", "file_id": fid}
+
+    async def _files_complete_upload(self, args: dict[str, Any]) -> dict[str, Any]:
+        files = args.get("files")
+        if isinstance(files, str):
+            files = decode_json_string(files)
+        if not isinstance(files, list) or not files:
+            return {"ok": False, "error": "invalid_arguments"}
+        pending: list[tuple[_PendingUpload, str | None]] = []
+        for entry in files:
+            if not isinstance(entry, dict):
+                return {"ok": False, "error": "invalid_arguments"}
+            upload = self._pending_uploads.get(str(entry.get("id")))
+            if upload is None or upload.content is None:
+                return {"ok": False, "error": "file_not_found"}
+            title = entry.get("title")
+            pending.append((upload, str(title) if title is not None else None))
+
+        channel_ids: list[str] = []
+        if args.get("channel_id"):
+            channel_ids.append(str(args["channel_id"]))
+        if args.get("channels"):
+            channel_ids.extend(c for c in str(args["channels"]).split(",") if c)
+        thread_ts = str(args["thread_ts"]) if args.get("thread_ts") else None
+        initial_comment = args.get("initial_comment")
+        comment = str(initial_comment) if initial_comment is not None else None
+
+        result_files: list[dict[str, Any]] = []
+        shared_files: list[dict[str, Any]] = []
+        for upload, title in pending:
+            del self._pending_uploads[upload.file_id]
+            content = upload.content or b""
+            mimetype = mimetypes.guess_type(upload.filename)[0] or "application/octet-stream"
+            self.host_file(
+                upload.filename,
+                content,
+                mimetype,
+                file_id=upload.file_id,
+                user=self.bot_user_id,
+                title=title if title is not None else upload.filename,
+            )
+            hosted = self.hosted_files[upload.file_id]
+            result_files.append({"id": upload.file_id, "title": hosted.info["title"]})
+            shared_files.append(copy.deepcopy(hosted.info))
+            targets: list[str | None] = [*channel_ids] or [None]
+            for channel in targets:
+                self._uploads.append(
+                    SharedUpload(
+                        file_id=upload.file_id,
+                        filename=upload.filename,
+                        title=title,
+                        content=content,
+                        channel_id=channel,
+                        thread_ts=thread_ts,
+                        initial_comment=comment,
+                    )
+                )
+
+        for channel in channel_ids:
+            ts = self.next_ts()
+            message = self._bot_message(ts)
+            message.update(
+                {
+                    "text": comment or "",
+                    "files": shared_files,
+                    "upload": True,
+                    "display_as_bot": False,
+                    "channel": channel,
+                }
+            )
+            if thread_ts:
+                message["thread_ts"] = thread_ts
+            self._store(channel, message)
+            kind = "public" if channel.startswith("C") else "private"
+            share: dict[str, Any] = {
+                "reply_users": [],
+                "reply_users_count": 0,
+                "reply_count": 0,
+                "ts": ts,
+                "channel_name": channel.lower(),
+                "team_id": self.team_id,
+                "share_user_id": self.bot_user_id,
+                "source": "UNKNOWN",
+                "is_silent_share": False,
+            }
+            if thread_ts:
+                share["thread_ts"] = thread_ts
+            for upload, _ in pending:
+                hosted = self.hosted_files[upload.file_id]
+                hosted.shares.setdefault(kind, {}).setdefault(channel, []).append(share)
+                hosted.shared_at = time.monotonic()
+        return {"ok": True, "files": result_files}
+
+
+    async def _upload(self, request: web.Request) -> web.StreamResponse:
+        rec = recorded(request)
+        upload = self._pending_uploads.get(request.match_info["file_id"])
+        if upload is None:
+            return web.Response(status=404, text="Not Found")
+        if rec.files:
+            part = rec.files.get("file") or next(iter(rec.files.values()))
+            upload.content = part.content
+        else:
+            upload.content = rec.body
+        return web.Response(status=200, text="OK", content_type="text/plain")
+
+    async def _download(self, request: web.Request) -> web.StreamResponse:
+        rec = recorded(request)
+        team_file = request.match_info["team_file"]
+        _, _, fid = team_file.partition("-")
+        hosted = self.hosted_files.get(fid)
+        if rec.bearer != self.bot_token or hosted is None:
+            # Slack does not answer 401: it redirects to the sign-in page (200 text/html).
+            return web.Response(status=200, text=_SIGN_IN_PAGE, content_type="text/html")
+        response = web.StreamResponse(
+            status=200,
+            headers={
+                "Content-Type": str(hosted.info.get("mimetype") or "application/octet-stream"),
+                "Content-Length": str(len(hosted.content)),
+                "Content-Disposition": f'attachment; filename="{hosted.info["name"]}"',
+            },
+        )
+        await response.prepare(request)
+        view = memoryview(hosted.content)
+        for start in range(0, len(view), _CHUNK_SIZE):
+            await response.write(bytes(view[start : start + _CHUNK_SIZE]))
+        await response.write_eof()
+        return response
+
+    async def _response_url(self, request: web.Request) -> web.StreamResponse:
+        rec = recorded(request)
+        payload = rec.json if isinstance(rec.json, dict) else dict(rec.form)
+        payload = {**payload, "_path": request.match_info["name"]}
+        self.responded.append(payload)
+        return web.Response(text="ok", content_type="text/plain")
+
+
+__all__ = ["FakeSlack", "SharedUpload"]
