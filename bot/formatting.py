@@ -524,7 +524,11 @@ def markdown_to_mrkdwn(markdown: str) -> str:
     escaping), display math (``$$``/``\\[``) and pipe tables become ```` ``` ```` blocks;
     headings become a bold line; bullets become ``•``/``◦``; task items ``☐``/``☑``; rules a
     line of ``─``; blockquotes keep their leading ``>``; runs of blank lines collapse to one.
-    Inline rules: see :func:`_inline`.
+    Inline rules: ``**b**``/``__b__`` → ``*b*``, ``*i*``/``_i_`` → ``_i_`` (not inside words,
+    so ``snake_case`` and ``x_1*y_2`` survive), ``~~s~~`` → ``~s~``, ``[l](url)`` and
+    ``![alt](url)`` → ``<url|l>``; code spans and math (``\\(..\\)``, ``$..$`` but not
+    currency) become inline code, with common LaTeX shown as Unicode; Slack tokens such as
+    ``<@U…>`` pass through; ``&``, ``<`` and ``>`` are escaped everywhere else.
     """
     text = markdown.replace("\r\n", "\n").replace("\r", "\n").translate(_PRIVATE_CHARS)
     lines = text.split("\n")

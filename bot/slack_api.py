@@ -63,6 +63,14 @@ class Place:
 class SlackGateway:
     def __init__(self, client: AsyncWebClient) -> None:
         self.client = client
+        # Posting is not idempotent: a 5xx or dropped connection may hide a success, and a blind
+        # retry would post twice. Only 429s (refused, so nothing happened) are retried here; the
+        # replier retries the rest after checking what reached the thread.
+        self._post_client = AsyncWebClient(
+            token=client.token,
+            base_url=client.base_url,
+            retry_handlers=[AsyncRateLimitErrorRetryHandler(max_retry_count=3)],
+        )
         self._names: dict[str, tuple[str, float]] = {}
         self._http: aiohttp.ClientSession | None = None
 
@@ -74,7 +82,7 @@ class SlackGateway:
         """Post one message, tagged with `delivery_key` so a retry can find it; return its ts."""
         response = await self._call(
             "chat.postMessage",
-            self.client.chat_postMessage(
+            self._post_client.chat_postMessage(
                 channel=place.channel_id,
                 thread_ts=place.thread_ts,
                 text=text,
@@ -128,7 +136,7 @@ class SlackGateway:
         """Step 3: share the uploaded file into the thread."""
         await self._call(
             "files.completeUploadExternal",
-            self.client.files_completeUploadExternal(
+            self._post_client.files_completeUploadExternal(
                 files=[{"id": file_id, "title": title}],
                 channel_id=place.channel_id,
                 thread_ts=place.thread_ts,

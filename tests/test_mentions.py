@@ -169,3 +169,22 @@ async def test_chart_is_uploaded_into_the_thread(bot: Bot) -> None:
     assert "sandbox:" not in text
     await bot.wait_runs_finished(1)
     assert len(bot.slack.uploads) == 1
+
+
+async def test_questions_in_one_thread_are_answered_in_order_one_at_a_time(bot: Bot) -> None:
+    bot.openai.latency = 0.3
+    root = new_ts()
+    await bot.send(mention("First question", ts=root))
+    second, third = new_ts(), new_ts()
+    await bot.send(message("Second question", ts=second, thread_ts=root))
+    await bot.send(message("Third question", ts=third, thread_ts=root))
+    await bot.wait_runs_finished(3)
+
+    creates = bot.openai.calls("POST /v1/responses$")
+    assert [c.status for c in creates] == [200, 200, 200]  # never conversation_locked
+    texts = [c.json["input"][0]["content"][0]["text"] for c in creates]
+    assert [t.split("] ", 1)[1] for t in texts] == ["First question", "Second question", "Third question"]
+    # The fake answers a create on a busy conversation with 400 conversation_locked: all 200s above
+    # mean each create waited for the previous response to finish.
+    assert len({c.json["conversation"] for c in creates}) == 1
+    assert len(bot.slack.messages(CHANNEL, root)) == 3
