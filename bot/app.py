@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -120,21 +121,26 @@ def _lifecycle(
 
 
 async def serve(settings: Settings, *, with_web: bool, with_worker: bool) -> None:
-    """Run until cancelled: HTTP (or Socket Mode) and/or the run-poller in one event loop."""
+    """Run until SIGTERM/SIGINT: HTTP (or Socket Mode) and/or the run-poller in one event loop."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
     components = build(settings)
     if not with_web:
         components.tutor.wake = components.poller.wake
-        try:
-            await components.poller.run_forever()
-        finally:
-            await components.close()
+        poller = asyncio.create_task(components.poller.run_forever(), name="run-poller")
+        await stop.wait()
+        poller.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await poller
+        await components.close()
         return
     runner = web.AppRunner(web_app(components, with_worker=with_worker), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host="0.0.0.0", port=settings.port)  # noqa: S104 - a server
     await site.start()
     log.info("listening on :%s (%s)", settings.port, "Socket Mode" if settings.socket_mode else EVENTS_PATH)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await runner.cleanup()
+    await stop.wait()
+    log.info("shutting down")
+    await runner.cleanup()

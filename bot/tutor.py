@@ -6,14 +6,13 @@ Talks to the database, OpenAI (`bot.ai`) and Slack (`bot.slack_api`); knows neit
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.ai import OpenAIGateway, RunRequest
 from bot.config import Settings
+from bot.inbox import Inbox, Question
 from bot.slack_api import Place, SlackGateway
 from db import repo
 from db.models import Profile, Run, TutorThread
@@ -33,24 +32,6 @@ MARKER_NOTE = (
     "Each user turn starts with a tag like [slack message 1700000000.000100]. It is bookkeeping: "
     "ignore it and never repeat it."
 )
-
-
-@dataclass(frozen=True)
-class Question:
-    """A human Slack message that may be for the tutor."""
-
-    team_id: str
-    channel_id: str
-    message_ts: str
-    #: The tutor thread's key: the thread root's ts, or "" for the top level of a DM.
-    thread_key: str
-    #: Where the answer goes: the thread root, or None for the top level of a DM.
-    reply_thread_ts: str | None
-    user_id: str
-    text: str
-    is_mention: bool
-    is_dm: bool
-    event_id: str | None = None
 
 
 def marker(message_ts: str) -> str:
@@ -75,47 +56,17 @@ class Tutor:
         self._ai = ai
         self._slack = slack
         self._settings = settings
+        self._inbox = Inbox(sessions, default_profile=DEFAULT_PROFILE)
         self.wake = wake
 
     async def accept(self, question: Question) -> bool:
         """Store the question as a queued run if the tutor should answer it; False when it shouldn't
         (not addressed to the tutor) or when this Slack message already has a run."""
-        async with self._sessions.begin() as session:
-            thread = await repo.find_thread(
-                session,
-                team_id=question.team_id,
-                channel_id=question.channel_id,
-                thread_ts=question.thread_key,
-            )
-            if thread is None:
-                if not (question.is_mention or question.is_dm):
-                    return False
-                profile = await repo.get_profile(session, slug=DEFAULT_PROFILE)
-                thread = await repo.get_or_create_thread(
-                    session,
-                    team_id=question.team_id,
-                    channel_id=question.channel_id,
-                    thread_ts=question.thread_key,
-                    profile_id=profile.id if profile else None,
-                )
-            run_id = await repo.insert_run(
-                session,
-                run_uuid=str(uuid.uuid4()),
-                thread_id=thread.id,
-                team_id=question.team_id,
-                channel_id=question.channel_id,
-                message_ts=question.message_ts,
-                reply_thread_ts=question.reply_thread_ts,
-                user_id=question.user_id,
-                text=question.text,
-                event_id=question.event_id,
-            )
-        if run_id is None:
-            log.info("duplicate delivery of %s/%s ignored", question.channel_id, question.message_ts)
-            return False
-        log.info("run %s queued for %s/%s", run_id, question.channel_id, question.message_ts)
-        self.wake()
-        return True
+        accepted = await self._inbox.store(question)
+        if accepted:
+            log.info("question %s/%s queued", question.channel_id, question.message_ts)
+            self.wake()
+        return accepted
 
     async def show_working(self, run: Run, status: str = "is thinking…") -> None:
         await self._slack.show_status(place_of(run), status, message_ts=run.message_ts)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy import and_, exists, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
@@ -39,29 +39,49 @@ async def find_thread(
     )
 
 
-async def get_or_create_thread(
-    session: AsyncSession, *, team_id: str, channel_id: str, thread_ts: str, profile_id: int | None
-) -> TutorThread:
-    """Safe when two events for one thread arrive at once: the unique key decides."""
-    await session.execute(
-        _insert(session, TutorThread)
-        .values(team_id=team_id, channel_id=channel_id, thread_ts=thread_ts, profile_id=profile_id)
-        .on_conflict_do_nothing(index_elements=["team_id", "channel_id", "thread_ts"])
+ThreadKey = tuple[str, str, str]
+
+
+async def thread_ids(session: AsyncSession, *, keys: Collection[ThreadKey]) -> dict[ThreadKey, int]:
+    """Ids of the tutor threads with these (team, channel, thread_ts) keys that exist."""
+    if not keys:
+        return {}
+    rows = await session.execute(
+        select(TutorThread.team_id, TutorThread.channel_id, TutorThread.thread_ts, TutorThread.id).where(
+            tuple_(TutorThread.team_id, TutorThread.channel_id, TutorThread.thread_ts).in_(list(keys))
+        )
     )
-    thread = await find_thread(session, team_id=team_id, channel_id=channel_id, thread_ts=thread_ts)
-    assert thread is not None
-    return thread
+    return {(team, channel, ts): thread_id for team, channel, ts, thread_id in rows}
 
 
-async def insert_run(session: AsyncSession, **values: Any) -> int | None:
-    """Insert a question's run; None when that Slack message already has one."""
+async def create_threads(
+    session: AsyncSession, *, keys: Collection[ThreadKey], profile_id: int | None
+) -> None:
+    """Create the threads that don't exist yet; concurrent creators of the same key are harmless."""
+    if keys:
+        await session.execute(
+            _insert(session, TutorThread)
+            .values(
+                [
+                    {"team_id": team, "channel_id": channel, "thread_ts": ts, "profile_id": profile_id}
+                    for team, channel, ts in keys
+                ]
+            )
+            .on_conflict_do_nothing(index_elements=["team_id", "channel_id", "thread_ts"])
+        )
+
+
+async def insert_runs(session: AsyncSession, *, rows: Sequence[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    """Insert question runs; return the (team, channel, message_ts) of those that were new."""
+    if not rows:
+        return set()
     result = await session.execute(
         _insert(session, Run)
-        .values(**values)
+        .values(list(rows))
         .on_conflict_do_nothing(index_elements=["team_id", "channel_id", "message_ts"])
-        .returning(Run.id)
+        .returning(Run.team_id, Run.channel_id, Run.message_ts)
     )
-    return result.scalar_one_or_none()
+    return {(team, channel, ts) for team, channel, ts in result}
 
 
 async def claim_due_runs(

@@ -28,9 +28,7 @@ async def fake_openai() -> AsyncIterator[FakeOpenAI]:
 
 @pytest_asyncio.fixture
 async def oai(fake_openai: FakeOpenAI) -> AsyncIterator[AsyncOpenAI]:
-    client = AsyncOpenAI(
-        api_key=fake_openai.api_key, base_url=fake_openai.base_url, max_retries=0
-    )
+    client = AsyncOpenAI(api_key=fake_openai.api_key, base_url=fake_openai.base_url, max_retries=0)
     yield client
     await client.close()
 
@@ -69,9 +67,7 @@ async def _poll(oai: AsyncOpenAI, response_id: str) -> Response:
     return result
 
 
-async def test_background_run_writes_chart_into_container(
-    fake_openai: FakeOpenAI, oai: AsyncOpenAI
-) -> None:
+async def test_background_run_writes_chart_into_container(fake_openai: FakeOpenAI, oai: AsyncOpenAI) -> None:
     conv = await oai.conversations.create(metadata={"team": "T0001", "channel": "C0MATH"})
     uploaded = await oai.files.create(
         file=("covid.csv", b"week,cases\n1,10\n2,20\n", "text/csv"), purpose="user_data"
@@ -107,9 +103,7 @@ async def test_background_run_writes_chart_into_container(
     assert part.text[citation.start_index : citation.end_index] == (
         "[weekly_cases.png](sandbox:/mnt/data/weekly_cases.png)"
     )
-    chart = await oai.containers.files.content.retrieve(
-        citation.file_id, container_id=container.id
-    )
+    chart = await oai.containers.files.content.retrieve(citation.file_id, container_id=container.id)
     assert chart.content == png_bytes() and chart.content.startswith(b"\x89PNG")
 
     sources = {f.path: f.source async for f in oai.containers.files.list(container.id)}
@@ -122,9 +116,7 @@ async def test_background_run_writes_chart_into_container(
     assert fake_openai.responses[created.id].retrieves >= 2
 
 
-async def test_second_run_on_busy_conversation_is_locked(
-    fake_openai: FakeOpenAI, oai: AsyncOpenAI
-) -> None:
+async def test_second_run_on_busy_conversation_is_locked(fake_openai: FakeOpenAI, oai: AsyncOpenAI) -> None:
     conv = await oai.conversations.create()
     container_id = fake_openai.add_container()
     first = await _create_run(oai, conv.id, container_id, "first")
@@ -138,9 +130,7 @@ async def test_second_run_on_busy_conversation_is_locked(
     assert second.status == "queued"
 
 
-async def test_expired_container_is_visible_and_rejected(
-    fake_openai: FakeOpenAI, oai: AsyncOpenAI
-) -> None:
+async def test_expired_container_is_visible_and_rejected(fake_openai: FakeOpenAI, oai: AsyncOpenAI) -> None:
     conv = await oai.conversations.create()
     container = await oai.containers.create(name="old")
     fake_openai.expire_container(container.id)
@@ -156,9 +146,7 @@ async def test_expired_container_is_visible_and_rejected(
     assert fake_openai.responses == {}
 
 
-async def test_injected_quota_error_reaches_the_client(
-    fake_openai: FakeOpenAI, oai: AsyncOpenAI
-) -> None:
+async def test_injected_quota_error_reaches_the_client(fake_openai: FakeOpenAI, oai: AsyncOpenAI) -> None:
     conv = await oai.conversations.create()
     container_id = fake_openai.add_container()
     fake_openai.fail_next(
@@ -182,14 +170,10 @@ async def test_injected_quota_error_reaches_the_client(
     assert after.status == "queued"
 
 
-async def test_failed_turn_and_container_lifecycle(
-    fake_openai: FakeOpenAI, oai: AsyncOpenAI
-) -> None:
+async def test_failed_turn_and_container_lifecycle(fake_openai: FakeOpenAI, oai: AsyncOpenAI) -> None:
     conv = await oai.conversations.create()
     container = await oai.containers.create(name="lifecycle")
-    added = await oai.containers.files.create(
-        container.id, file=("notes.txt", b"hello", "text/plain")
-    )
+    added = await oai.containers.files.create(container.id, file=("notes.txt", b"hello", "text/plain"))
     fake_openai.queue(Turn(status="failed", error={"code": "server_error", "message": "boom"}))
 
     failed = await _poll(oai, (await _create_run(oai, conv.id, container.id, "x")).id)
@@ -215,9 +199,7 @@ async def test_wrong_api_key_is_rejected(fake_openai: FakeOpenAI) -> None:
     assert denied.value.code == "invalid_api_key"
 
 
-async def test_slack_auth_and_threaded_metadata(
-    fake_slack: FakeSlack, slack: AsyncWebClient
-) -> None:
+async def test_slack_auth_and_threaded_metadata(fake_slack: FakeSlack, slack: AsyncWebClient) -> None:
     fake_slack.add_message("C0MATH", "1754900000.000100", "<@U0TUTORBOT> help", "U0ALICE")
     auth = await slack.auth_test()
     posted = await slack.chat_postMessage(
@@ -283,9 +265,7 @@ async def test_slack_hosted_file_needs_the_bot_token(fake_slack: FakeSlack) -> N
     assert anonymous.status == 200 and page_type == "text/html" and "Sign in" in page
 
 
-async def test_slack_reactions_and_response_url(
-    fake_slack: FakeSlack, slack: AsyncWebClient
-) -> None:
+async def test_slack_reactions_and_response_url(fake_slack: FakeSlack, slack: AsyncWebClient) -> None:
     fake_slack.add_message("C0MATH", "1754900000.000100", "hi", "U0ALICE")
     await slack.reactions_add(channel="C0MATH", timestamp="1754900000.000100", name="eyes")
     with pytest.raises(SlackApiError) as again:

@@ -11,7 +11,8 @@ from slack_bolt.async_app import AsyncApp
 from slack_bolt.context.async_context import AsyncBoltContext
 from slack_bolt.response import BoltResponse
 
-from bot.tutor import Question, Tutor
+from bot.inbox import Question
+from bot.tutor import Tutor
 
 log = logging.getLogger(__name__)
 

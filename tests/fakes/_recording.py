@@ -17,6 +17,7 @@ from aiohttp import web
 #: Uploads can be large (Slack allows 1 GB, our limit is 50 MB); let tests push up to 300 MB.
 CLIENT_MAX_SIZE = 300 * 1024 * 1024
 
+
 @dataclass
 class FilePart:
     """A multipart part that carried a filename (an uploaded file)."""
@@ -129,9 +130,7 @@ def parse_multipart(body: bytes, content_type: str) -> tuple[dict[str, str], dic
     return form, files
 
 
-def _parse_body(
-    content_type: str, body: bytes
-) -> tuple[dict[str, str], Any, dict[str, FilePart]]:
+def _parse_body(content_type: str, body: bytes) -> tuple[dict[str, str], Any, dict[str, FilePart]]:
     mime = content_type.split(";", 1)[0].strip().lower()
     if mime == "application/json" or mime.endswith("+json"):
         try:
@@ -177,7 +176,6 @@ class FakeServer:
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
 
-
     def _build_app(self, app: web.Application) -> None:
         raise NotImplementedError
 
@@ -189,7 +187,6 @@ class FakeServer:
 
     def _json_string_keys(self, rec: RecordedRequest) -> frozenset[str]:
         return frozenset()
-
 
     @property
     def port(self) -> int:
@@ -227,7 +224,6 @@ class FakeServer:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-
     def calls(self, name: str) -> list[RecordedRequest]:
         """Recorded requests matching ``name`` (selector syntax depends on the fake)."""
         return [rec for rec in self.requests if self._matches(name, rec)]
@@ -235,7 +231,6 @@ class FakeServer:
     def clear(self) -> None:
         """Forget the recorded requests (not the fake's state)."""
         self.requests.clear()
-
 
     def fail_next(
         self,
@@ -285,7 +280,6 @@ class FakeServer:
                     self._delays.remove(delay)
                 return delay.seconds
         return 0.0
-
 
     @web.middleware
     async def _middleware(
@@ -364,7 +358,5 @@ async def wait_for(
             return last
         if loop.time() >= deadline:
             what = message or getattr(predicate, "__name__", repr(predicate))
-            raise AssertionError(
-                f"wait_for timed out after {timeout:.2f}s: {what} (last value: {last!r})"
-            )
+            raise AssertionError(f"wait_for timed out after {timeout:.2f}s: {what} (last value: {last!r})")
         await asyncio.sleep(interval)

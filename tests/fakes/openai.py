@@ -71,8 +71,6 @@ def _now() -> int:
     return int(time.time())
 
 
-
-
 @dataclass
 class Chart:
     """A file the model's code "writes" into the container (``/mnt/data/<filename>``)."""
@@ -98,8 +96,6 @@ class Turn:
     incomplete_reason: str | None = None
     #: Files the code writes but the text does not cite (source "assistant").
     extra_files: list[tuple[str, bytes]] = field(default_factory=list)
-
-
 
 
 @dataclass
@@ -221,8 +217,6 @@ class ResponseState:
         return self.status in TERMINAL_STATUSES
 
 
-
-
 def _error(
     status: int,
     message: str,
@@ -241,9 +235,7 @@ def _not_found(kind: str, ident: str) -> web.Response:
     return _error(404, f"{kind} with id '{ident}' not found.", code=None)
 
 
-def _paginate(
-    items: list[dict[str, Any]], query: dict[str, str], *, default_order: str
-) -> dict[str, Any]:
+def _paginate(items: list[dict[str, Any]], query: dict[str, str], *, default_order: str) -> dict[str, Any]:
     order = query.get("order", default_order)
     ordered = list(reversed(items)) if order == "desc" else list(items)
     after = query.get("after")
@@ -362,7 +354,6 @@ class FakeOpenAI(FakeServer):
         """``http://127.0.0.1:PORT/v1`` (OPENAI_BASE_URL)."""
         return f"{self.origin}/v1"
 
-
     def _request_name(self, method: str, path: str) -> str:
         return f"{method} {path}"
 
@@ -375,7 +366,6 @@ class FakeOpenAI(FakeServer):
         if path.endswith("$"):
             return rec.path == path[:-1]
         return rec.path.startswith(path)
-
 
     def queue(self, *turns: Turn) -> None:
         """Script the next responses, first in first out (then ``script``, then ``Turn()``)."""
@@ -432,7 +422,6 @@ class FakeOpenAI(FakeServer):
         """Create a container directly (no HTTP); returns its id."""
         return self._new_container(name, None, "1g", file_ids or []).id
 
-
     def _build_app(self, app: web.Application) -> None:
         app.on_response_prepare.append(self._add_request_id)
         routes: list[tuple[str, str, RouteHandler]] = [
@@ -486,7 +475,6 @@ class FakeOpenAI(FakeServer):
     def _json_body(request: web.Request) -> dict[str, Any]:
         body = recorded(request).json
         return body if isinstance(body, dict) else {}
-
 
     def _conversation(self, cid: str) -> ConversationState | None:
         conv = self.conversations.get(cid)
@@ -582,7 +570,6 @@ class FakeOpenAI(FakeServer):
                 return web.json_response(conv.to_json())
         return _not_found("Item", iid)
 
-
     async def _file_create(self, request: web.Request) -> web.StreamResponse:
         rec = recorded(request)
         part = rec.files.get("file")
@@ -625,7 +612,6 @@ class FakeOpenAI(FakeServer):
         if stored is None:
             return _error(404, f"No such File object: {fid}", param="id")
         return web.Response(body=stored.content, content_type="application/octet-stream")
-
 
     def _new_container(
         self,
@@ -692,9 +678,7 @@ class FakeOpenAI(FakeServer):
     async def _container_list(self, request: web.Request) -> web.StreamResponse:
         query = recorded(request).query
         name = query.get("name")
-        items = [
-            c.to_json() for c in self.containers.values() if name is None or c.name == name
-        ]
+        items = [c.to_json() for c in self.containers.values() if name is None or c.name == name]
         return web.json_response(_paginate(items, query, default_order="desc"))
 
     async def _container_get(self, request: web.Request) -> web.StreamResponse:
@@ -758,16 +742,13 @@ class FakeOpenAI(FakeServer):
         if isinstance(cfile, web.Response):
             return cfile
         del self.containers[cfile.container_id].files[cfile.id]
-        return web.json_response(
-            {"id": cfile.id, "object": "container.file.deleted", "deleted": True}
-        )
+        return web.json_response({"id": cfile.id, "object": "container.file.deleted", "deleted": True})
 
     async def _cfile_content(self, request: web.Request) -> web.StreamResponse:
         cfile = self._cfile(request)
         if isinstance(cfile, web.Response):
             return cfile
         return web.Response(body=cfile.content, content_type="application/octet-stream")
-
 
     def _check_create(self, body: dict[str, Any]) -> web.Response | None:
         for key in ("model", "input"):
@@ -816,8 +797,7 @@ class FakeOpenAI(FakeServer):
         if self.active_response(cid) is not None:
             return _error(
                 400,
-                "Another process is currently operating on this conversation. "
-                "Please retry in a few seconds.",
+                "Another process is currently operating on this conversation. Please retry in a few seconds.",
                 code="conversation_locked",
             )
         state = ResponseState(
@@ -909,9 +889,7 @@ class FakeOpenAI(FakeServer):
         text = turn.text
         annotations: list[dict[str, Any]] = []
         for chart in turn.charts:
-            cfile = self._add_container_file(
-                container, chart.filename, chart.content, source="assistant"
-            )
+            cfile = self._add_container_file(container, chart.filename, chart.content, source="assistant")
             if not chart.cite:
                 continue
             text += " "

@@ -38,7 +38,7 @@ _JSON_STRING_KEYS = frozenset(
 )
 
 _SIGN_IN_PAGE = (
-    "<!DOCTYPE html><html lang=\"en-US\"><head><meta charset=\"utf-8\">"
+    '<!DOCTYPE html><html lang="en-US"><head><meta charset="utf-8">'
     "<title>Slack</title></head><body><h1>Sign in to Slack</h1>"
     "<p>Continue with the email address you use to sign in.</p></body></html>"
 )
@@ -158,7 +158,6 @@ class FakeSlack(FakeServer):
             "files.completeUploadExternal": self._files_complete_upload,
         }
 
-
     @property
     def base_url(self) -> str:
         """``http://127.0.0.1:PORT``."""
@@ -173,7 +172,6 @@ class FakeSlack(FakeServer):
         """A response_url to put into a slash-command payload; POSTs land in ``responded``."""
         return f"{self.origin}/response_url/{name}"
 
-
     def _request_name(self, method: str, path: str) -> str:
         if path.startswith("/api/"):
             return path[len("/api/") :]
@@ -186,7 +184,6 @@ class FakeSlack(FakeServer):
 
     def _json_string_keys(self, rec: RecordedRequest) -> frozenset[str]:
         return _JSON_STRING_KEYS if rec.path.startswith("/api/") else frozenset()
-
 
     def next_ts(self) -> str:
         """A fresh message ts, strictly greater than every ts seen so far."""
@@ -288,9 +285,7 @@ class FakeSlack(FakeServer):
             "display_as_bot": False,
             "username": "",
             "url_private": f"{self.origin}/files-pri/{self.team_id}-{fid}/{name}",
-            "url_private_download": (
-                f"{self.origin}/files-pri/{self.team_id}-{fid}/download/{name}"
-            ),
+            "url_private_download": (f"{self.origin}/files-pri/{self.team_id}-{fid}/download/{name}"),
             "permalink": f"https://{self.team_domain}.slack.com/files/{user}/{fid}/{name}",
             "permalink_public": f"https://slack-files.com/{self.team_id}-{fid}-0000000000",
             "file_access": "visible",
@@ -309,17 +304,13 @@ class FakeSlack(FakeServer):
         if hosted is None:
             return None
         info = copy.deepcopy(hosted.info)
-        visible = (
-            hosted.shared_at is not None
-            and time.monotonic() - hosted.shared_at >= self.share_delay
-        )
+        visible = hosted.shared_at is not None and time.monotonic() - hosted.shared_at >= self.share_delay
         if visible:
             info["shares"] = copy.deepcopy(hosted.shares)
             for kind, channels in hosted.shares.items():
                 key = "channels" if kind == "public" else "groups"
                 info[key] = sorted(set(info[key]) | set(channels))
         return info
-
 
     def _build_app(self, app: web.Application) -> None:
         app.router.add_route("*", "/api/{method}", self._api)
@@ -341,7 +332,6 @@ class FakeSlack(FakeServer):
             return web.json_response({"ok": True})
         result = await handler(args)
         return web.json_response(result)
-
 
     def _store(self, channel: str, message: dict[str, Any]) -> None:
         self.channel_messages.setdefault(channel, []).append(message)
@@ -614,9 +604,7 @@ class FakeSlack(FakeServer):
         except (TypeError, ValueError):
             return {"ok": False, "error": "invalid_arguments"}
         fid = self.new_file_id()
-        self._pending_uploads[fid] = _PendingUpload(
-            file_id=fid, filename=str(filename), length=declared
-        )
+        self._pending_uploads[fid] = _PendingUpload(file_id=fid, filename=str(filename), length=declared)
         return {"ok": True, "upload_url": f"{self.origin}/upload/v1/{fid}", "file_id": fid}
 
     async def _files_complete_upload(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -709,7 +697,6 @@ class FakeSlack(FakeServer):
                 hosted.shares.setdefault(kind, {}).setdefault(channel, []).append(share)
                 hosted.shared_at = time.monotonic()
         return {"ok": True, "files": result_files}
-
 
     async def _upload(self, request: web.Request) -> web.StreamResponse:
         rec = recorded(request)

@@ -1,0 +1,164 @@
+"""Drive the real app with signed mentions against the fakes and print figures.
+
+    uv run python -m benchmarks.events [--events 2000] [--senders 20] [--replies 20]
+                                      [--database-url postgresql+asyncpg://postgres@127.0.0.1/test]
+
+Prints: ack latency p50/p99 with N concurrent senders, events/s accepted (one web process, no
+worker competing for the loop), and the median time from mention to reply with a fake model that
+takes 1 s per answer (web + in-process run-poller).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+from sqlalchemy import text
+
+from db.migrate import upgrade
+from db.session import make_engine
+from tests.fakes import FakeOpenAI, FakeSlack
+from tests.slack_payloads import CHANNEL, SIGNING_SECRET, as_json, mention, new_ts, signed_headers
+
+
+@contextlib.asynccontextmanager
+async def serving(command: str, url: str, slack: FakeSlack, openai: FakeOpenAI) -> AsyncIterator[str]:
+    """`slack-tutor web|run` as its own process (the load generator and fakes stay in this one)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {
+        **os.environ,
+        "SLACK_BOT_TOKEN": slack.bot_token,
+        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "SLACK_API_URL": slack.api_url,
+        "OPENAI_API_KEY": openai.api_key,
+        "OPENAI_BASE_URL": openai.base_url,
+        "DATABASE_URL": url,
+        "PORT": str(port),
+        "LOG_LEVEL": "WARNING",
+        "TUTOR_POLL_INTERVAL": "0.2",
+    }
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "slack-tutor"), command, env=env, stdout=asyncio.subprocess.DEVNULL
+    )
+    try:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(300):
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/healthz") as response:
+                        if response.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.1)
+        yield f"http://127.0.0.1:{port}/slack/events"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await process.wait()
+
+
+async def ack_latency(endpoint: str, events: int, senders: int) -> tuple[list[float], float]:
+    bodies = [as_json(mention(f"What is {i} + {i}?", ts=new_ts())) for i in range(events)]
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for body in bodies:
+        queue.put_nowait(body)
+    latencies: list[float] = []
+    connector = aiohttp.TCPConnector(limit=senders)
+    async with aiohttp.ClientSession(connector=connector) as http:
+
+        async def sender() -> None:
+            while not queue.empty():
+                body = queue.get_nowait()
+                headers = signed_headers(body)
+                began = time.perf_counter()
+                async with http.post(endpoint, data=body.encode(), headers=headers) as response:
+                    await response.read()
+                    assert response.status == 200, response.status
+                latencies.append(time.perf_counter() - began)
+
+        began = time.perf_counter()
+        await asyncio.gather(*(sender() for _ in range(senders)))
+        elapsed = time.perf_counter() - began
+    return latencies, events / elapsed
+
+
+async def time_to_reply(endpoint: str, slack: FakeSlack, count: int) -> list[float]:
+    durations: list[float] = []
+    async with aiohttp.ClientSession() as http:
+        for i in range(count):
+            ts = new_ts()
+            body = as_json(mention(f"Solve {i}x = {2 * i}", ts=ts))
+            began = time.perf_counter()
+            async with http.post(endpoint, data=body.encode(), headers=signed_headers(body)) as response:
+                assert response.status == 200
+            deadline = began + 30
+            while not slack.messages(CHANNEL, ts):
+                if time.perf_counter() > deadline:
+                    raise RuntimeError("no reply within 30 s")
+                await asyncio.sleep(0.005)
+            durations.append(time.perf_counter() - began)
+    return durations
+
+
+async def forget_runs(url: str) -> None:
+    engine = make_engine(url)
+    async with engine.begin() as connection:
+        for table in ("deliveries", "runs", "tutor_threads"):
+            await connection.execute(text(f"DELETE FROM {table}"))  # noqa: S608 - fixed names
+    await engine.dispose()
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=2000)
+    parser.add_argument("--senders", type=int, default=20)
+    parser.add_argument("--replies", type=int, default=20)
+    parser.add_argument("--database-url", default=None)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        url = args.database_url or f"sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}"
+        await asyncio.to_thread(upgrade, url)
+        async with FakeSlack() as slack, FakeOpenAI() as openai:
+            async with serving("web", url, slack, openai) as endpoint:
+                await ack_latency(endpoint, 50, 5)  # warm-up: auth.test, connection pools
+                latencies, rate = await ack_latency(endpoint, args.events, args.senders)
+            print(f"database: {url.split(':', 1)[0]}")
+            print(f"ack latency with {args.senders} concurrent senders over {args.events} signed mentions:")
+            p50, p99 = (percentile(latencies, p) * 1000 for p in (50, 99))
+            print(f"  p50 {p50:.1f} ms   p99 {p99:.1f} ms   max {max(latencies) * 1000:.1f} ms")
+            print(f"  events accepted: {rate:.0f}/s")
+
+        async with FakeSlack() as slack, FakeOpenAI() as openai:
+            openai.latency = 1.0
+            fresh = url if args.database_url else f"sqlite+aiosqlite:///{Path(tmp) / 'reply.db'}"
+            if args.database_url:
+                await forget_runs(fresh)  # the ack phase left thousands of queued runs
+            else:
+                await asyncio.to_thread(upgrade, fresh)
+            async with serving("run", fresh, slack, openai) as endpoint:
+                durations = await time_to_reply(endpoint, slack, args.replies)
+            print(f"mention → reply with a 1 s fake model, {args.replies} questions:")
+            print(f"  median {statistics.median(durations):.2f} s   max {max(durations):.2f} s")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,146 @@
+"""The operator's commands, run as real processes the way README says."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from tests.fakes import FakeOpenAI, FakeSlack, wait_for
+from tests.slack_payloads import CHANNEL, SIGNING_SECRET, as_json, mention, new_ts, signed_headers
+
+CLI = str(Path(sys.executable).parent / "slack-tutor")
+BASE_ENV = {
+    k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "OPENAI_", "TUTOR_", "DATABASE_"))
+}
+
+
+async def _run_cli(*args: str, cwd: Path, env: dict[str, str]) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        CLI, *args, cwd=cwd, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_missing_settings_are_all_named_without_traceback(tmp_path: Path) -> None:
+    code, out, err = await _run_cli("run", cwd=tmp_path, env=BASE_ENV)
+    assert code == 2
+    for name in ("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "OPENAI_API_KEY"):
+        assert name in err
+    assert "Traceback" not in err + out
+    assert not (tmp_path / "slack-tutor.db").exists()
+
+
+async def test_settings_from_dotenv_and_socket_mode_needs_no_signing_secret(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("SLACK_BOT_TOKEN=xoxb-from-dotenv\nSLACK_APP_TOKEN=xapp-1\n")
+    code, _, err = await _run_cli("run", cwd=tmp_path, env=BASE_ENV)
+    assert code == 2
+    assert "OPENAI_API_KEY" in err
+    assert "SLACK_BOT_TOKEN" not in err and "SLACK_SIGNING_SECRET" not in err
+    assert "xoxb-from-dotenv" not in err
+
+
+async def test_manifest_points_every_url_at_the_events_endpoint(tmp_path: Path) -> None:
+    code, out, _ = await _run_cli(
+        "manifest", "--url", "https://tutor.example.org/", cwd=tmp_path, env=BASE_ENV
+    )
+    assert code == 0
+    assert out.count("https://tutor.example.org/slack/events") == 3
+    for needed in (
+        "app_mentions:read",
+        "chat:write",
+        "files:write",
+        "users:read",
+        "message.im",
+        "/tutor",
+        "agent_view",
+    ):
+        assert needed in out
+
+
+async def test_run_from_a_fresh_directory_answers_a_mention(
+    tmp_path: Path, fake_slack: FakeSlack, fake_openai: FakeOpenAI
+) -> None:
+    port = _free_port()
+    env = {
+        **BASE_ENV,
+        "SLACK_BOT_TOKEN": fake_slack.bot_token,
+        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "SLACK_API_URL": fake_slack.api_url,
+        "OPENAI_API_KEY": fake_openai.api_key,
+        "OPENAI_BASE_URL": fake_openai.base_url,
+        "PORT": str(port),
+    }
+    process = await asyncio.create_subprocess_exec(
+        CLI, "run", cwd=tmp_path, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def healthy() -> bool:
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/healthz") as response:
+                        return response.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            await wait_for(healthy, timeout=30, message="`slack-tutor run` never became healthy")
+            assert (tmp_path / "slack-tutor.db").exists()  # the default SQLite database, migrated
+            ts = new_ts()
+            body = as_json(mention("What is 5 * 5?", ts=ts))
+            async with http.post(
+                f"http://127.0.0.1:{port}/slack/events", data=body.encode(), headers=signed_headers(body)
+            ) as response:
+                assert response.status == 200
+            await wait_for(lambda: fake_slack.messages(CHANNEL, ts), timeout=15, message="no answer")
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 15)
+        assert process.returncode == 0
+        assert process.stderr is not None
+        logs = (await process.stderr.read()).decode()
+        assert "Traceback" not in logs
+        for secret in (fake_slack.bot_token, fake_openai.api_key, SIGNING_SECRET):
+            assert secret not in logs
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_doctor_checks_database_slack_and_openai(
+    tmp_path: Path, fake_slack: FakeSlack, fake_openai: FakeOpenAI
+) -> None:
+    env = {
+        **BASE_ENV,
+        "SLACK_BOT_TOKEN": fake_slack.bot_token,
+        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "SLACK_API_URL": fake_slack.api_url,
+        "OPENAI_API_KEY": fake_openai.api_key,
+        "OPENAI_BASE_URL": fake_openai.base_url,
+    }
+    code, out, _ = await _run_cli("doctor", cwd=tmp_path, env=env)
+    assert code == 1  # the database has not been migrated yet
+    assert "FAIL database" in out and "slack-tutor migrate" in out
+    assert "ok   slack" in out and "ok   openai" in out
+
+    assert (await _run_cli("migrate", cwd=tmp_path, env=env))[0] == 0
+    code, out, _ = await _run_cli("doctor", cwd=tmp_path, env=env)
+    assert code == 0, out
+
+    code, out, _ = await _run_cli("doctor", cwd=tmp_path, env={**env, "SLACK_BOT_TOKEN": "xoxb-wrong"})
+    assert code == 1
+    assert "FAIL slack" in out and "invalid_auth" in out
+    assert "xoxb-wrong" not in out
