@@ -188,3 +188,24 @@ async def test_questions_in_one_thread_are_answered_in_order_one_at_a_time(bot: 
     # mean each create waited for the previous response to finish.
     assert len({c.json["conversation"] for c in creates}) == 1
     assert len(bot.slack.messages(CHANNEL, root)) == 3
+
+
+async def test_every_chart_once_in_citation_order_including_uncited_and_generic_names(bot: Bot) -> None:
+    bot.openai.queue(
+        Turn(
+            text="Three views of the data.",
+            charts=[
+                Chart("weekly_cases.png"),
+                Chart("deaths.png", cite_name="cfile_0123abcd.png"),
+                Chart("weekly_cases_again.png", cite=False),  # saved but never cited
+            ],
+        )
+    )
+    ts = new_ts()
+    await bot.send(mention("Plot it", ts=ts))
+    await bot.wait_runs_finished(1)
+    uploads = bot.slack.uploads
+    assert [u.filename for u in uploads] == ["weekly_cases.png", "chart-2.png", "weekly_cases_again.png"]
+    assert [u.title for u in uploads] == ["Weekly cases", "Chart 2", "Weekly cases again"]
+    assert all(u.thread_ts == ts for u in uploads)
+    assert len({u.file_id for u in uploads}) == 3
