@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 import openai
 from openai import AsyncOpenAI
@@ -153,6 +153,24 @@ class OpenAIGateway:
         except openai.OpenAIError as exc:
             raise _translate(exc, "containers.create") from None
         return created.id, True
+
+    async def upload_file(self, name: str, content: IO[bytes], mimetype: str) -> str:
+        """Files API upload (purpose user_data), streamed from `content`; returns the file id."""
+        try:
+            uploaded = await self._client.files.create(
+                file=(name, content, mimetype), purpose="user_data", timeout=600.0
+            )
+        except openai.OpenAIError as exc:
+            raise _translate(exc, "files.create") from None
+        return uploaded.id
+
+    async def add_to_container(self, container_id: str, file_id: str) -> str:
+        """Copy a Files API file into the sandbox; returns the path the code sees."""
+        try:
+            added = await self._client.containers.files.create(container_id, file_id=file_id, timeout=300.0)
+        except openai.OpenAIError as exc:
+            raise _translate(exc, "containers.files.create") from None
+        return added.path
 
     async def start_run(self, request: RunRequest) -> ModelReply:
         content: list[Any] = [{"type": "input_text", "text": request.input_text}]

@@ -54,7 +54,7 @@ def build(settings: Settings) -> Components:
     slack = SlackGateway(client)
     ai = OpenAIGateway(api_key=settings.openai_api_key.get_secret_value(), base_url=settings.openai_base_url)
     tutor = Tutor(sessions=sessions, ai=ai, slack=slack, settings=settings)
-    replier = Replier(sessions=sessions, ai=ai, slack=slack)
+    replier = Replier(sessions=sessions, ai=ai, slack=slack, max_file_mb=settings.tutor_max_file_mb)
     poller = Poller(sessions=sessions, tutor=tutor, replier=replier, ai=ai, settings=settings)
     bolt = AsyncApp(
         client=client,

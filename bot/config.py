@@ -56,6 +56,8 @@ class Settings(DatabaseSettings):
     #: After an ambiguous create, how long to look for the answer before creating again.
     tutor_reconcile_window: float = Field(default=900.0, ge=0)
     tutor_max_attempts: int = Field(default=6, ge=1)
+    #: Shared files above this size get a clear sentence and are not downloaded.
+    tutor_max_file_mb: int = Field(default=50, ge=1, le=512)
 
     @property
     def socket_mode(self) -> bool:

@@ -94,6 +94,43 @@ class SlackDeliveryFailed(TutorError):
     retryable = True
 
 
+class FileError(TutorError):
+    """A shared file the tutor can't use. The sentence names the file; the run goes on without it."""
+
+    template = "I couldn't use `{name}`."
+
+    def __init__(self, detail: str = "", *, name: str = "the file", **params: object) -> None:
+        super().__init__(detail or self.template)
+        self.name = name
+        self.params = params
+
+    @property
+    def user_message(self) -> str:  # type: ignore[override]
+        return self.template.format(name=self.name, **self.params)
+
+
+class FileTooLarge(FileError):
+    template = "`{name}` is larger than {limit_mb} MB, so I didn't download it. Please share a smaller file."
+
+
+class UnsupportedFileType(FileError):
+    template = (
+        "I can't work with `{name}`: {type} files aren't supported. "
+        "I can read CSV, TSV, XLSX, JSON, TXT, PDF and images (PNG, JPEG, GIF, WebP)."
+    )
+
+
+class FileUnreadable(FileError):
+    template = (
+        "I couldn't read `{name}`. It may be corrupt, or not the kind of file its name says. "
+        "Please check it and share it again."
+    )
+
+
+class FileDownloadFailed(FileError):
+    template = "I couldn't download `{name}` from Slack. Please share it again."
+
+
 class ConfigError(Exception):
     """Bad or missing operator configuration; the CLI prints it and exits 2."""
 
@@ -106,8 +143,16 @@ def _all_subclasses(cls: type[TutorError]) -> list[type[TutorError]]:
 
 
 def from_code(code: str | None, detail: str = "") -> TutorError:
-    """Rebuild a stored error (run.error_code) so the replier can show its sentence."""
+    """Rebuild a stored run error (run.error_code) so the replier can show its sentence."""
     for cls in _all_subclasses(TutorError):
         if cls("").code == code:
             return cls(detail)
     return TutorError(detail)
+
+
+def file_error(code: str | None, *, name: str, **params: object) -> FileError:
+    """Rebuild a stored file error (thread_files.error_code) with the file's name."""
+    for cls in _all_subclasses(FileError):
+        if issubclass(cls, FileError) and cls().code == code:
+            return cls("", name=name, **params)
+    return FileUnreadable(name=name)

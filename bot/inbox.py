@@ -12,15 +12,20 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bot.files import SharedFile
 from db import repo
+from db.models import TutorThread
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 500
+#: The profile for analyses started by sharing a spreadsheet.
+DATA_PROFILE = "data"
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,7 @@ class Question:
     is_mention: bool
     is_dm: bool
     event_id: str | None = None
+    files: tuple[SharedFile, ...] = ()
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -53,12 +59,32 @@ class Question:
         """Mentions and DMs open a tutor thread; other messages only join an existing one."""
         return self.is_mention or self.is_dm
 
+    @property
+    def has_data(self) -> bool:
+        return any(f.analysable for f in self.files)
+
+    @property
+    def may_offer(self) -> bool:
+        """A spreadsheet shared in a channel without a mention: offer to analyse it."""
+        return not self.starts_thread and self.has_data
+
+
+@dataclass
+class _Plan:
+    """What one batch will write."""
+
+    #: key → (state, profile slug)
+    new_threads: dict[repo.ThreadKey, tuple[str, str]] = field(default_factory=dict)
+    activate: set[int] = field(default_factory=set)
+    runs: list[tuple[Question, str]] = field(default_factory=list)
+
 
 class Inbox:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], *, default_profile: str) -> None:
         self._sessions = sessions
         self._default_profile = default_profile
         self._pending: list[tuple[Question, asyncio.Future[bool]]] = []
+        self._profile_ids: dict[str, int] = {}
         self._writer: asyncio.Task[None] | None = None
 
     async def store(self, question: Question) -> bool:
@@ -88,25 +114,99 @@ class Inbox:
         for question in questions:
             unique.setdefault(question.key, question)
         async with self._sessions.begin() as session:
-            threads = await repo.thread_ids(session, keys={q.thread for q in unique.values()})
-            missing = {q.thread for q in unique.values() if q.starts_thread and q.thread not in threads}
-            if missing:
-                profile = await repo.get_profile(session, slug=self._default_profile)
-                await repo.create_threads(session, keys=missing, profile_id=profile.id if profile else None)
-                threads.update(await repo.thread_ids(session, keys=missing))
-            rows = [
-                {
-                    "run_uuid": str(uuid.uuid4()),
-                    "thread_id": threads[q.thread],
-                    "team_id": q.team_id,
-                    "channel_id": q.channel_id,
-                    "message_ts": q.message_ts,
-                    "reply_thread_ts": q.reply_thread_ts,
-                    "user_id": q.user_id,
-                    "text": q.text,
-                    "event_id": q.event_id,
-                }
-                for q in unique.values()
-                if q.thread in threads
-            ]
-            return await repo.insert_runs(session, rows=rows)
+            threads = await repo.threads_by_key(session, keys={q.thread for q in unique.values()})
+            plan = await self._plan(session, unique.values(), threads)
+            profiles = await self._profiles(session)
+            if plan.new_threads:
+                await repo.create_threads(
+                    session,
+                    rows=[
+                        {
+                            "team_id": t,
+                            "channel_id": c,
+                            "thread_ts": ts,
+                            "profile_id": profiles.get(slug),
+                            "state": state,
+                        }
+                        for (t, c, ts), (state, slug) in plan.new_threads.items()
+                    ],
+                )
+                threads.update(await repo.threads_by_key(session, keys=plan.new_threads.keys()))
+            await repo.activate_threads(session, ids=plan.activate)
+            data_profile = profiles.get(DATA_PROFILE)
+            run_ids = await repo.insert_runs(
+                session,
+                rows=[self._run_row(q, kind, threads[q.thread].id, data_profile) for q, kind in plan.runs],
+            )
+            await repo.insert_thread_files(
+                session,
+                rows=[
+                    _file_row(f, q, threads[q.thread].id, run_ids[q.key])
+                    for q, _ in plan.runs
+                    if q.key in run_ids
+                    for f in q.files
+                ],
+            )
+            return set(run_ids)
+
+    async def _plan(
+        self, session: AsyncSession, questions: Iterable[Question], threads: dict[repo.ThreadKey, TutorThread]
+    ) -> _Plan:
+        plan = _Plan()
+        questions = list(questions)
+        offers = [q for q in questions if q.may_offer and q.thread not in threads]
+        auto = await repo.auto_channels(session, channels={(q.team_id, q.channel_id) for q in offers})
+        known = await repo.known_files(session, files={(q.team_id, f.id) for q in offers for f in q.files})
+        for q in questions:
+            thread = threads.get(q.thread)
+            if thread is not None and thread.state == "active":
+                plan.runs.append((q, "answer"))
+            elif q.starts_thread or (q.may_offer and (q.team_id, q.channel_id) in auto):
+                if thread is None:
+                    plan.new_threads[q.thread] = ("active", self._profile_for(q))
+                else:
+                    plan.activate.add(thread.id)
+                plan.runs.append((q, "answer"))
+            elif thread is None and q.may_offer and any((q.team_id, f.id) not in known for f in q.files):
+                plan.new_threads.setdefault(q.thread, ("offered", DATA_PROFILE))
+                plan.runs.append((q, "offer"))
+        return plan
+
+    @staticmethod
+    def _run_row(q: Question, kind: str, thread_id: int, data_profile: int | None) -> dict[str, Any]:
+        return {
+            "run_uuid": str(uuid.uuid4()),
+            "thread_id": thread_id,
+            "team_id": q.team_id,
+            "channel_id": q.channel_id,
+            "message_ts": q.message_ts,
+            "reply_thread_ts": q.reply_thread_ts,
+            "user_id": q.user_id,
+            "text": q.text,
+            "event_id": q.event_id,
+            "kind": kind,
+            "profile_id": data_profile if q.has_data else None,
+        }
+
+    def _profile_for(self, q: Question) -> str:
+        return DATA_PROFILE if q.has_data else self._default_profile
+
+    async def _profiles(self, session: AsyncSession) -> dict[str, int]:
+        if not self._profile_ids:
+            self._profile_ids = await repo.profile_ids(session)
+        return self._profile_ids
+
+
+def _file_row(file: SharedFile, q: Question, thread_id: int, run_id: int) -> dict[str, Any]:
+    return {
+        "thread_id": thread_id,
+        "run_id": run_id,
+        "team_id": q.team_id,
+        "slack_file_id": file.id,
+        "name": file.name[:255],
+        "mimetype": file.mimetype[:128],
+        "filetype": file.filetype[:32],
+        "size": file.size,
+        "slack_meta": file.meta,
+        "status": "pending",
+    }

@@ -98,7 +98,10 @@ class Poller:
                 await self._on_error(run, errors.OpenAIUnavailable(type(exc).__name__))
 
     async def _step(self, run: Run) -> None:
-        if run.status == "queued":
+        if run.kind == "offer":
+            await self._replier.offer(run)
+            await self._save(run, status="done", finished_at=utcnow())
+        elif run.status == "queued":
             await self._create(run)
         elif run.status in ("creating", "unknown"):
             await self._reconcile(run)
@@ -112,6 +115,10 @@ class Poller:
             await self._tutor.show_working(run)
             await self._save(run, status_shown_at=utcnow(), keep_lease=True)
         request = await self._tutor.prepare_run(run)
+        if request is None:  # nothing to ask the model: only files it can't use
+            await self._save(run, status="replying", keep_lease=True)
+            await self._reply(run, None)
+            return
         # Record the intent before the non-idempotent call: a crash from here on means "unknown".
         await self._save(run, status="creating", create_started_at=utcnow(), keep_lease=True)
         try:
@@ -174,7 +181,7 @@ class Poller:
         log.info("run %s: %s", run.id, "failed" if failed else "answered")
 
     async def _load_reply(self, run: Run) -> ModelReply | None:
-        if run.error_code:
+        if run.error_code or (run.response_id is None and run.create_started_at is None):
             return None
         if run.response_id:
             return await self._ai.get_run(run.response_id)

@@ -11,20 +11,22 @@ import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot import errors
 from bot.ai import ChartRef, ModelReply, OpenAIGateway
+from bot.files import type_label
 from bot.formatting import format_reply
 from bot.slack_api import Place, SlackGateway
 from bot.tutor import place_of
 from db import repo
-from db.models import Delivery, Run
+from db.models import Delivery, Run, ThreadFile
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".svg")
+ANALYSE_ACTION = "tutor_analyse"
 CUT_OFF_NOTE = "_(My answer was cut off. Ask me to continue.)_"
 
 
@@ -40,15 +42,53 @@ class ChartUpload:
 
 class Replier:
     def __init__(
-        self, *, sessions: async_sessionmaker[AsyncSession], ai: OpenAIGateway, slack: SlackGateway
+        self,
+        *,
+        sessions: async_sessionmaker[AsyncSession],
+        ai: OpenAIGateway,
+        slack: SlackGateway,
+        max_file_mb: int = 50,
     ) -> None:
         self._sessions = sessions
         self._ai = ai
         self._slack = slack
+        self._max_file_mb = max_file_mb
+
+    async def offer(self, run: Run) -> None:
+        """Ask, in the thread of a shared spreadsheet, whether to analyse it (with a button)."""
+        files = await self._files_of(run)
+        names = ", ".join(f"`{f.name}`" for f in files) or "this file"
+        text = f"Want me to analyse {names}?"
+        blocks: list[dict[str, Any]] = [
+            {"type": "section", "text": {"type": "mrkdwn", "text": text}},
+            {
+                "type": "actions",
+                "block_id": "tutor_offer",
+                "elements": [
+                    {
+                        "type": "button",
+                        "action_id": ANALYSE_ACTION,
+                        "style": "primary",
+                        "text": {"type": "plain_text", "text": "Analyse it"},
+                        "value": f"{run.channel_id}:{run.reply_thread_ts}",
+                    }
+                ],
+            },
+        ]
+        await self._post_once(run, place_of(run), "offer", text, blocks=blocks)
 
     async def deliver(self, run: Run, reply: ModelReply | None) -> None:
         """Post the answer (or the one-sentence error) and every chart of `run`."""
         place = place_of(run)
+        for file in await self._files_of(run):
+            if file.status == "rejected":
+                notice = errors.file_error(
+                    file.error_code,
+                    name=file.name,
+                    limit_mb=self._max_file_mb,
+                    type=type_label(file.filetype, file.name, file.mimetype),
+                )
+                await self._post_once(run, place, f"file:{file.slack_file_id}", notice.user_message)
         failure = errors.from_code(run.error_code, run.error_message or "") if run.error_code else None
         if failure is None and reply is not None:
             charts = await self._charts(run, reply)
@@ -72,13 +112,13 @@ class Replier:
         refs = list(reply.charts)
         container_ids = {ref.container_id for ref in refs}
         if run.create_started_at is not None and reply.ran_code:
-            refs += await self._uncited_images(run.create_started_at, container_ids, refs, reply)
+            refs += await self._uncited_files(run.create_started_at, container_ids, refs, reply)
         uploads: list[ChartUpload] = []
         for number, ref in enumerate(refs, start=1):
             uploads.append(_name_chart(ref, number))
         return uploads
 
-    async def _uncited_images(
+    async def _uncited_files(
         self, started: datetime, container_ids: set[str], cited: list[ChartRef], reply: ModelReply
     ) -> list[ChartRef]:
         known = {ref.file_id for ref in cited}
@@ -89,16 +129,24 @@ class Replier:
             except errors.TutorError:
                 continue
             for item in files:
+                # Everything the code wrote during this run: charts it forgot to cite, cleaned CSVs…
                 if (
                     item.source == "assistant"
                     and item.created_at >= int(started.timestamp()) - 5
                     and item.id not in known
-                    and item.filename.lower().endswith(IMAGE_EXTENSIONS)
                 ):
                     found.append(ChartRef(container_id, item.id, item.filename))
         return found
 
-    async def _post_once(self, run: Run, place: Place, key: str, text: str) -> None:
+    async def _files_of(self, run: Run) -> list[ThreadFile]:
+        async with self._sessions() as session:
+            return [
+                f for f in await repo.files_of_thread(session, thread_id=run.thread_id) if f.run_id == run.id
+            ]
+
+    async def _post_once(
+        self, run: Run, place: Place, key: str, text: str, *, blocks: list[dict[str, Any]] | None = None
+    ) -> None:
         delivery, created = await self._start(run, key)
         if delivery.state == "done":
             return
@@ -109,7 +157,7 @@ class Replier:
             if found:
                 await self._finish(delivery.id, slack_ts=found)
                 return
-        ts = await self._slack.post(place, text, delivery_key=self._tag(run, key))
+        ts = await self._slack.post(place, text, delivery_key=self._tag(run, key), blocks=blocks)
         await self._finish(delivery.id, slack_ts=ts)
 
     async def _upload_once(self, run: Run, place: Place, chart: ChartUpload) -> None:

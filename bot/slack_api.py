@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 from slack_sdk.errors import SlackApiError
@@ -60,9 +63,23 @@ class Place:
     thread_ts: str | None
 
 
+SLACK_FILE_ORIGIN = "https://files.slack.com"
+#: Slack may announce a file before it has processed it: files.info is retried after these pauses.
+FILE_INFO_BACKOFF = (0.5, 1.0, 2.0)
+DOWNLOAD_CHUNK = 1 << 20
+MAX_REDIRECTS = 3
+
+
+def origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
 class SlackGateway:
     def __init__(self, client: AsyncWebClient) -> None:
         self.client = client
+        # The bot token is only ever sent to Slack's file host and the configured API host.
+        self.file_origins = frozenset({SLACK_FILE_ORIGIN, origin(client.base_url)})
         # Posting is not idempotent: a 5xx or dropped connection may hide a success, and a blind
         # retry would post twice. Only 429s (refused, so nothing happened) are retried here; the
         # replier retries the rest after checking what reached the thread.
@@ -78,7 +95,9 @@ class SlackGateway:
         if self._http is not None:
             await self._http.close()
 
-    async def post(self, place: Place, text: str, *, delivery_key: str) -> str:
+    async def post(
+        self, place: Place, text: str, *, delivery_key: str, blocks: Sequence[dict[str, Any]] | None = None
+    ) -> str:
         """Post one message, tagged with `delivery_key` so a retry can find it; return its ts."""
         response = await self._call(
             "chat.postMessage",
@@ -86,6 +105,7 @@ class SlackGateway:
                 channel=place.channel_id,
                 thread_ts=place.thread_ts,
                 text=text,
+                blocks=list(blocks) if blocks else None,
                 unfurl_links=False,
                 unfurl_media=False,
                 metadata={"event_type": REPLY_EVENT_TYPE, "event_payload": {"delivery": delivery_key}},
@@ -124,9 +144,7 @@ class SlackGateway:
 
     async def send_upload(self, upload_url: str, content: bytes) -> None:
         """Step 2: the raw bytes to the pre-signed URL, which takes no token."""
-        if self._http is None:
-            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300))
-        async with self._http.post(
+        async with self._session().post(
             upload_url, data=content, headers={"Content-Type": "application/octet-stream"}
         ) as response:
             if response.status != 200:
@@ -150,6 +168,52 @@ class SlackGateway:
             return False
         shares = (response.get("file") or {}).get("shares") or {}
         return any(channel_id in (shares.get(kind) or {}) for kind in ("public", "private"))
+
+    async def file_info(self, file_id: str, *, name: str) -> dict[str, Any]:
+        """The full file object; retried briefly while Slack is still processing the upload."""
+        for pause in (*FILE_INFO_BACKOFF, None):
+            try:
+                response = await self.client.files_info(file=file_id)
+            except SlackApiError as exc:
+                log.info("files.info %s: %s", file_id, exc.response.get("error"))
+                raise errors.FileDownloadFailed(
+                    f"files.info: {exc.response.get('error')}", name=name
+                ) from None
+            file: dict[str, Any] = response.get("file") or {}
+            if file.get("url_private_download") or file.get("url_private"):
+                return file
+            if pause is not None:
+                await asyncio.sleep(pause)
+        raise errors.FileDownloadFailed("files.info never returned a download URL", name=name)
+
+    async def download(self, url: str, dest: IO[bytes], *, name: str, max_bytes: int) -> int:
+        """Stream a private file into `dest` in chunks; return its size.
+
+        Redirects are followed by hand, and only to Slack's file host or the API host, so the
+        token cannot leak. A 200 text/html answer is Slack's sign-in page, not the file.
+        """
+        http = self._session()
+        for _ in range(MAX_REDIRECTS + 1):
+            if origin(url) not in self.file_origins:
+                log.warning("refused to download %s from %s: not a Slack file host", name, origin(url))
+                raise errors.FileDownloadFailed(f"host {origin(url)} is not a Slack file host", name=name)
+            headers = {"Authorization": f"Bearer {self.client.token}"}
+            async with http.get(url, headers=headers, allow_redirects=False) as response:
+                if response.status in (301, 302, 303, 307, 308) and "Location" in response.headers:
+                    url = urljoin(url, response.headers["Location"])
+                    continue
+                if response.status != 200:
+                    raise errors.FileDownloadFailed(f"download answered HTTP {response.status}", name=name)
+                if response.content_type == "text/html":
+                    raise errors.FileDownloadFailed("Slack answered with a web page, not the file", name=name)
+                size = 0
+                async for chunk in response.content.iter_chunked(DOWNLOAD_CHUNK):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise errors.FileTooLarge(name=name, limit_mb=max_bytes // (1 << 20))
+                    dest.write(chunk)
+                return size
+        raise errors.FileDownloadFailed("too many redirects", name=name)
 
     async def show_status(self, place: Place, status: str, *, message_ts: str) -> None:
         """A visible sign of work: thread status where there is a thread, else a reaction."""
@@ -192,6 +256,11 @@ class SlackGateway:
     async def auth_test(self) -> dict[str, Any]:
         response = await self._call("auth.test", self.client.auth_test())
         return dict(response.data) if isinstance(response.data, dict) else {}
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600, sock_read=60))
+        return self._http
 
     @staticmethod
     async def _call(method: str, call: Any) -> Any:

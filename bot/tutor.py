@@ -6,16 +6,19 @@ Talks to the database, OpenAI (`bot.ai`) and Slack (`bot.slack_api`); knows neit
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.ai import OpenAIGateway, RunRequest
+from bot.attach import FileAttacher
 from bot.config import Settings
-from bot.inbox import Inbox, Question
+from bot.files import SharedFile, file_type
+from bot.inbox import DATA_PROFILE, Inbox, Question
 from bot.slack_api import Place, SlackGateway
 from db import repo
-from db.models import Profile, Run, TutorThread
+from db.models import Profile, Run, ThreadFile, TutorThread
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,9 @@ class Tutor:
         self._slack = slack
         self._settings = settings
         self._inbox = Inbox(sessions, default_profile=DEFAULT_PROFILE)
+        self._files = FileAttacher(
+            sessions=sessions, ai=ai, slack=slack, max_bytes=settings.tutor_max_file_mb << 20
+        )
         self.wake = wake
 
     async def accept(self, question: Question) -> bool:
@@ -68,31 +74,83 @@ class Tutor:
             self.wake()
         return accepted
 
+    async def start_analysis(
+        self, *, team_id: str, channel_id: str, thread_ts: str, user_id: str, offer_ts: str
+    ) -> list[str] | None:
+        """The "Analyse it" button: activate the offered thread and queue an analysis of its files.
+        Returns the file names, or None if there is nothing to start (already started, unknown)."""
+        async with self._sessions.begin() as session:
+            thread = await repo.find_thread(
+                session, team_id=team_id, channel_id=channel_id, thread_ts=thread_ts
+            )
+            if thread is None:
+                return None
+            thread.state = "active"
+            data = await repo.get_profile(session, slug=DATA_PROFILE)
+            created = await repo.insert_runs(
+                session,
+                rows=[
+                    {
+                        "run_uuid": str(uuid.uuid4()),
+                        "thread_id": thread.id,
+                        "team_id": team_id,
+                        "channel_id": channel_id,
+                        # The offer message's ts: a second press of the same button is a duplicate.
+                        "message_ts": offer_ts,
+                        "reply_thread_ts": thread_ts,
+                        "user_id": user_id,
+                        "text": "",
+                        "profile_id": data.id if data else None,
+                    }
+                ],
+            )
+            if not created:
+                return None
+            run_id = next(iter(created.values()))
+            files = [
+                f for f in await repo.files_of_thread(session, thread_id=thread.id) if f.status == "pending"
+            ]
+            for file in files:
+                file.run_id = run_id
+        self.wake()
+        return [f.name for f in files]
+
+    async def set_auto_analysis(self, *, team_id: str, channel_id: str, on: bool) -> None:
+        async with self._sessions.begin() as session:
+            settings = await repo.upsert_channel_settings(session, team_id=team_id, channel_id=channel_id)
+            settings.auto_analyse = on
+
     async def show_working(self, run: Run, status: str = "is thinking…") -> None:
         await self._slack.show_status(place_of(run), status, message_ts=run.message_ts)
 
-    async def prepare_run(self, run: Run) -> RunRequest:
-        """Everything a model run needs: the thread's conversation and sandbox, and instructions."""
+    async def prepare_run(self, run: Run) -> RunRequest | None:
+        """Everything a model run needs: the thread's conversation, sandbox and files, and
+        instructions. None when there is nothing to ask (only rejected files, no text)."""
         async with self._sessions() as session:
             thread = await session.get(TutorThread, run.thread_id)
             assert thread is not None
-            profile = await self._profile(session, thread)
+            profile = await self._profile(session, run, thread)
         conversation_id = thread.conversation_id or await self._new_conversation(thread, profile)
         container_id, sandbox_reset = None, False
         if "code_interpreter" in profile.tools:
-            container_id, fresh = await self._ai.ensure_container(
-                thread.container_id,
-                name=f"slack-tutor {thread.team_id}:{thread.channel_id}:{thread.thread_ts}",
-            )
-            sandbox_reset = fresh and thread.container_id is not None
-            if container_id != thread.container_id:
-                await self._update_thread(thread.id, container_id=container_id)
+            container_id, sandbox_reset = await self._sandbox(thread)
+        await self._files.attach_pending(thread.id, container_id)
+        async with self._sessions() as session:
+            files = list(await repo.files_of_thread(session, thread_id=thread.id))
+        mine = [f for f in files if f.run_id == run.id and f.status == "ready"]
+        if not run.text.strip() and not mine:
+            return None
         name = await self._slack.display_name(run.user_id)
         return RunRequest(
             model=profile.model or self._settings.tutor_model,
             conversation_id=conversation_id,
-            instructions=build_instructions(profile, display_name=name, sandbox_reset=sandbox_reset),
-            input_text=f"{marker(run.message_ts)} {run.text}".strip(),
+            instructions=build_instructions(
+                profile,
+                display_name=name,
+                sandbox_reset=sandbox_reset,
+                sandbox_files=[f.container_path for f in files if f.status == "ready" and f.container_path],
+            ),
+            input_text=_input_text(run, mine),
             container_id=container_id,
             metadata={
                 "tutor_run": run.run_uuid,
@@ -101,7 +159,32 @@ class Tutor:
             },
             reasoning_effort=self._settings.tutor_reasoning_effort,
             max_output_tokens=self._settings.tutor_max_output_tokens,
+            image_file_ids=tuple(f.openai_file_id for f in mine if f.openai_file_id and _kind(f) == "image"),
         )
+
+    async def _sandbox(self, thread: TutorThread) -> tuple[str, bool]:
+        """The thread's live container; a new one (with every file of the thread) if it expired."""
+        async with self._sessions() as session:
+            ready = [
+                f for f in await repo.files_of_thread(session, thread_id=thread.id) if f.status == "ready"
+            ]
+        container_id, fresh = await self._ai.ensure_container(
+            thread.container_id,
+            name=f"slack-tutor {thread.team_id}:{thread.channel_id}:{thread.thread_ts}",
+            file_ids=[f.openai_file_id for f in ready if f.openai_file_id],
+        )
+        if container_id == thread.container_id:
+            return container_id, False
+        await self._update_thread(thread.id, container_id=container_id)
+        if ready:
+            paths = {cf.filename: cf.path for cf in await self._ai.list_container_files(container_id)}
+            async with self._sessions.begin() as session:
+                for file in ready:
+                    row = await session.get(ThreadFile, file.id)
+                    if row is not None:
+                        row.container_path = paths.get(file.name, row.container_path)
+        log.info("thread %s: new sandbox %s (%d files re-added)", thread.id, container_id, len(ready))
+        return container_id, fresh and thread.container_id is not None
 
     async def forget_container(self, thread_id: int) -> None:
         await self._update_thread(thread_id, container_id=None)
@@ -114,8 +197,9 @@ class Tutor:
             thread = await session.get(TutorThread, run.thread_id)
             return thread.conversation_id if thread else None
 
-    async def _profile(self, session: AsyncSession, thread: TutorThread) -> Profile:
-        profile = await session.get(Profile, thread.profile_id) if thread.profile_id else None
+    async def _profile(self, session: AsyncSession, run: Run, thread: TutorThread) -> Profile:
+        profile_id = run.profile_id or thread.profile_id
+        profile = await session.get(Profile, profile_id) if profile_id else None
         profile = profile or await repo.get_profile(session, slug=DEFAULT_PROFILE)
         if profile is None:
             raise RuntimeError("no tutor profile: run `slack-tutor migrate`")
@@ -145,11 +229,15 @@ class Tutor:
                     setattr(thread, key, value)
 
 
-def build_instructions(profile: Profile, *, display_name: str, sandbox_reset: bool = False) -> str:
+def build_instructions(
+    profile: Profile, *, display_name: str, sandbox_reset: bool = False, sandbox_files: Sequence[str] = ()
+) -> str:
     """The full instructions for one run: profile, then per-run context (never carried over by OpenAI)."""
     parts = [profile.instructions.strip(), SLACK_STYLE]
     if display_name:
         parts.append(f"The person asking is {display_name}. Address them by that name.")
+    if sandbox_files:
+        parts.append("Files in your Python sandbox: " + ", ".join(sandbox_files) + ".")
     if sandbox_reset:
         parts.append(
             "Your Python sandbox was reset since the last turn: earlier variables are gone and files "
@@ -157,3 +245,19 @@ def build_instructions(profile: Profile, *, display_name: str, sandbox_reset: bo
         )
     parts.append(MARKER_NOTE)
     return "\n\n".join(parts)
+
+
+def _kind(file: ThreadFile) -> str | None:
+    return SharedFile(file.slack_file_id, file.name, file.filetype, file.mimetype).kind
+
+
+def _input_text(run: Run, files: Sequence[ThreadFile]) -> str:
+    text = run.text.strip() or "Please analyse the file I shared."
+    lines = [f"{marker(run.message_ts)} {text}"]
+    if files:
+        lines.append("")
+        lines.append("Files I shared with this message:")
+        for file in files:
+            where = file.container_path or "attached as an image"
+            lines.append(f"- {file.name} ({file_type(file.filetype, file.name).upper()}): {where}")
+    return "\n".join(lines)

@@ -7,6 +7,8 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -87,6 +89,8 @@ class TutorThread(Base):
     #: The thread root's ts; "" for the top level of a DM, which is one tutor thread until reset.
     thread_ts: Mapped[str] = mapped_column(String(32))
     profile_id: Mapped[int | None] = mapped_column(ForeignKey("profiles.id"))
+    #: "active": the tutor answers every message here; "offered": only a file analysis was offered.
+    state: Mapped[str] = mapped_column(String(16), default="active", server_default="active")
     conversation_id: Mapped[str | None] = mapped_column(String(128))
     container_id: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -115,6 +119,10 @@ class Run(Base):
     user_id: Mapped[str] = mapped_column(String(32))
     text: Mapped[str] = mapped_column(Text)
     event_id: Mapped[str | None] = mapped_column(String(64))
+    #: "answer" (a model run), or "offer" (ask whether to analyse a shared file).
+    kind: Mapped[str] = mapped_column(String(16), default="answer", server_default="answer")
+    #: Overrides the thread's profile for this run (file analyses use the data visualizer).
+    profile_id: Mapped[int | None] = mapped_column(ForeignKey("profiles.id"))
 
     status: Mapped[str] = mapped_column(String(16), default="queued")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -145,3 +153,44 @@ class Delivery(Base):
     slack_ts: Mapped[str | None] = mapped_column(String(32))
     slack_file_id: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ThreadFile(Base):
+    """A Slack file attached to a tutor thread, and where it lives at OpenAI."""
+
+    __tablename__ = "thread_files"
+    __table_args__ = (UniqueConstraint("thread_id", "slack_file_id", name="uq_thread_files_file"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    thread_id: Mapped[int] = mapped_column(ForeignKey("tutor_threads.id", ondelete="CASCADE"))
+    #: The run that brought the file (its question mentions it).
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    team_id: Mapped[str] = mapped_column(String(32))
+    slack_file_id: Mapped[str] = mapped_column(String(32), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+    mimetype: Mapped[str] = mapped_column(String(128), default="")
+    filetype: Mapped[str] = mapped_column(String(32), default="")
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    #: The Slack file object as shared (URLs, access); refreshed from files.info when partial.
+    slack_meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    #: "pending" → "ready" (uploaded, in the container) or "rejected" (error_code says why).
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    openai_file_id: Mapped[str | None] = mapped_column(String(128))
+    container_path: Mapped[str | None] = mapped_column(String(512))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ChannelSettings(Base):
+    """Per-channel choices: profile, custom instructions, automatic analysis of shared files."""
+
+    __tablename__ = "channel_settings"
+    __table_args__ = (UniqueConstraint("team_id", "channel_id", name="uq_channel_settings_channel"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    team_id: Mapped[str] = mapped_column(String(32))
+    channel_id: Mapped[str] = mapped_column(String(32))
+    auto_analyse: Mapped[bool] = mapped_column(Boolean, default=False)
+    profile_id: Mapped[int | None] = mapped_column(ForeignKey("profiles.id"))
+    custom_instructions: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -11,7 +11,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from db.models import Delivery, Profile, Run, TutorThread
+from db.models import ChannelSettings, Delivery, Profile, Run, ThreadFile, TutorThread
 
 #: Statuses of a run that still needs a worker.
 ACTIVE_STATUSES = ("queued", "creating", "unknown", "polling", "replying")
@@ -42,46 +42,120 @@ async def find_thread(
 ThreadKey = tuple[str, str, str]
 
 
-async def thread_ids(session: AsyncSession, *, keys: Collection[ThreadKey]) -> dict[ThreadKey, int]:
-    """Ids of the tutor threads with these (team, channel, thread_ts) keys that exist."""
+async def threads_by_key(
+    session: AsyncSession, *, keys: Collection[ThreadKey]
+) -> dict[ThreadKey, TutorThread]:
+    """The tutor threads with these (team, channel, thread_ts) keys that exist."""
     if not keys:
         return {}
-    rows = await session.execute(
-        select(TutorThread.team_id, TutorThread.channel_id, TutorThread.thread_ts, TutorThread.id).where(
+    found = await session.scalars(
+        select(TutorThread).where(
             tuple_(TutorThread.team_id, TutorThread.channel_id, TutorThread.thread_ts).in_(list(keys))
         )
     )
-    return {(team, channel, ts): thread_id for team, channel, ts, thread_id in rows}
+    return {(t.team_id, t.channel_id, t.thread_ts): t for t in found}
 
 
-async def create_threads(
-    session: AsyncSession, *, keys: Collection[ThreadKey], profile_id: int | None
-) -> None:
-    """Create the threads that don't exist yet; concurrent creators of the same key are harmless."""
-    if keys:
+async def create_threads(session: AsyncSession, *, rows: Sequence[dict[str, Any]]) -> None:
+    """Create threads that don't exist yet; concurrent creators of the same key are harmless."""
+    if rows:
         await session.execute(
             _insert(session, TutorThread)
-            .values(
-                [
-                    {"team_id": team, "channel_id": channel, "thread_ts": ts, "profile_id": profile_id}
-                    for team, channel, ts in keys
-                ]
-            )
+            .values(list(rows))
             .on_conflict_do_nothing(index_elements=["team_id", "channel_id", "thread_ts"])
         )
 
 
-async def insert_runs(session: AsyncSession, *, rows: Sequence[dict[str, Any]]) -> set[tuple[str, str, str]]:
-    """Insert question runs; return the (team, channel, message_ts) of those that were new."""
+async def activate_threads(session: AsyncSession, *, ids: Collection[int]) -> None:
+    if ids:
+        await session.execute(
+            update(TutorThread)
+            .where(TutorThread.id.in_(list(ids)))
+            .values(state="active")
+            .execution_options(synchronize_session=False)
+        )
+
+
+async def insert_runs(
+    session: AsyncSession, *, rows: Sequence[dict[str, Any]]
+) -> dict[tuple[str, str, str], int]:
+    """Insert question runs; return {(team, channel, message_ts): run id} of those that were new."""
     if not rows:
-        return set()
+        return {}
     result = await session.execute(
         _insert(session, Run)
         .values(list(rows))
         .on_conflict_do_nothing(index_elements=["team_id", "channel_id", "message_ts"])
-        .returning(Run.team_id, Run.channel_id, Run.message_ts)
+        .returning(Run.team_id, Run.channel_id, Run.message_ts, Run.id)
     )
-    return {(team, channel, ts) for team, channel, ts in result}
+    return {(team, channel, ts): run_id for team, channel, ts, run_id in result}
+
+
+async def insert_thread_files(session: AsyncSession, *, rows: Sequence[dict[str, Any]]) -> None:
+    """Attach files to threads; a file already in that thread is not attached (or uploaded) twice."""
+    if rows:
+        await session.execute(
+            _insert(session, ThreadFile)
+            .values(list(rows))
+            .on_conflict_do_nothing(index_elements=["thread_id", "slack_file_id"])
+        )
+
+
+async def auto_channels(
+    session: AsyncSession, *, channels: Collection[tuple[str, str]]
+) -> set[tuple[str, str]]:
+    """Of these (team, channel) pairs, those that analyse shared files without asking."""
+    if not channels:
+        return set()
+    rows = await session.execute(
+        select(ChannelSettings.team_id, ChannelSettings.channel_id).where(
+            tuple_(ChannelSettings.team_id, ChannelSettings.channel_id).in_(list(channels)),
+            ChannelSettings.auto_analyse.is_(True),
+        )
+    )
+    return {(team, channel) for team, channel in rows}
+
+
+async def known_files(session: AsyncSession, *, files: Collection[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Of these (team, Slack file id) pairs, those already offered or attached somewhere."""
+    if not files:
+        return set()
+    rows = await session.execute(
+        select(ThreadFile.team_id, ThreadFile.slack_file_id).where(
+            tuple_(ThreadFile.team_id, ThreadFile.slack_file_id).in_(list(files))
+        )
+    )
+    return {(team, file_id) for team, file_id in rows}
+
+
+async def profile_ids(session: AsyncSession) -> dict[str, int]:
+    return {slug: pid for slug, pid in await session.execute(select(Profile.slug, Profile.id))}
+
+
+async def get_channel_settings(
+    session: AsyncSession, *, team_id: str, channel_id: str
+) -> ChannelSettings | None:
+    return await session.scalar(
+        select(ChannelSettings).where(
+            ChannelSettings.team_id == team_id, ChannelSettings.channel_id == channel_id
+        )
+    )
+
+
+async def upsert_channel_settings(session: AsyncSession, *, team_id: str, channel_id: str) -> ChannelSettings:
+    await session.execute(
+        _insert(session, ChannelSettings)
+        .values(team_id=team_id, channel_id=channel_id)
+        .on_conflict_do_nothing(index_elements=["team_id", "channel_id"])
+    )
+    settings = await get_channel_settings(session, team_id=team_id, channel_id=channel_id)
+    assert settings is not None
+    return settings
+
+
+async def files_of_thread(session: AsyncSession, *, thread_id: int) -> Sequence[ThreadFile]:
+    query = select(ThreadFile).where(ThreadFile.thread_id == thread_id).order_by(ThreadFile.id)
+    return (await session.scalars(query)).all()
 
 
 async def claim_due_runs(

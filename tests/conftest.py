@@ -20,7 +20,7 @@ from bot.config import Settings
 from db.migrate import upgrade
 from db.models import Run
 from tests.fakes import FakeOpenAI, FakeSlack
-from tests.slack_payloads import SIGNING_SECRET, as_json, signed_headers
+from tests.slack_payloads import FORM, SIGNING_SECRET, as_json, signed_headers
 
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -116,6 +116,10 @@ class Bot:
         if retry_num is not None:
             headers.update({"X-Slack-Retry-Num": str(retry_num), "X-Slack-Retry-Reason": "http_timeout"})
         return await self.post(body, headers)
+
+    async def send_form(self, body: str) -> tuple[int, str]:
+        """POST a signed form body (slash command or interactivity payload)."""
+        return await self.post(body, signed_headers(body, content_type=FORM))
 
     async def runs(self) -> list[Run]:
         async with self.components.sessions() as session:

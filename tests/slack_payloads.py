@@ -119,3 +119,92 @@ def form(**fields: str) -> str:
 
 def as_json(payload: dict[str, Any]) -> str:
     return json.dumps(payload)
+
+
+def file_share(
+    text: str,
+    files: list[dict[str, Any]],
+    *,
+    ts: str | None = None,
+    thread_ts: str | None = None,
+    channel: str = CHANNEL,
+    channel_type: str = "channel",
+) -> dict[str, Any]:
+    """A `message` with subtype file_share, as Slack sends for an upload with a comment."""
+    return message(
+        text,
+        ts=ts,
+        thread_ts=thread_ts,
+        channel=channel,
+        channel_type=channel_type,
+        subtype="file_share",
+        files=files,
+        upload=False,
+    )
+
+
+def block_action(
+    action_id: str, value: str, *, message_ts: str, thread_ts: str, response_url: str, channel: str = CHANNEL
+) -> str:
+    """A signed-ready form body for a button press (interactivity payload)."""
+    payload = {
+        "type": "block_actions",
+        "api_app_id": "A0TUTOR",
+        "token": "legacy",
+        "trigger_id": "123.456.abc",
+        "user": {"id": ALICE, "username": "alice", "name": "alice", "team_id": TEAM},
+        "team": {"id": TEAM, "domain": "example"},
+        "enterprise": None,
+        "is_enterprise_install": False,
+        "channel": {"id": channel, "name": "math-help"},
+        "container": {
+            "type": "message",
+            "message_ts": message_ts,
+            "channel_id": channel,
+            "is_ephemeral": False,
+            "thread_ts": thread_ts,
+        },
+        "message": {
+            "type": "message",
+            "user": BOT_USER,
+            "bot_id": "B0TUTOR",
+            "text": "…",
+            "ts": message_ts,
+            "thread_ts": thread_ts,
+            "blocks": [],
+        },
+        "state": {"values": {}},
+        "response_url": response_url,
+        "actions": [
+            {
+                "type": "button",
+                "action_id": action_id,
+                "block_id": "tutor_offer",
+                "value": value,
+                "text": {"type": "plain_text", "text": "Analyse it"},
+                "action_ts": new_ts(),
+            }
+        ],
+    }
+    return form(payload=json.dumps(payload))
+
+
+def slash_command(text: str, *, response_url: str, channel: str = CHANNEL, user: str = ALICE) -> str:
+    return form(
+        token="legacy",
+        team_id=TEAM,
+        team_domain="example",
+        channel_id=channel,
+        channel_name="math-help",
+        user_id=user,
+        user_name="alice",
+        command="/tutor",
+        text=text,
+        api_app_id="A0TUTOR",
+        is_enterprise_install="false",
+        response_url=response_url,
+        trigger_id="123.456.abc",
+    )
+
+
+FORM = "application/x-www-form-urlencoded"

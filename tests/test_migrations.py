@@ -15,7 +15,15 @@ from db.migrate import downgrade, upgrade
 from db.models import Base, Profile
 from db.session import make_engine, make_sessionmaker
 
-TABLES = {"profiles", "tutor_threads", "runs", "deliveries", "alembic_version"}
+TABLES = {
+    "profiles",
+    "tutor_threads",
+    "runs",
+    "deliveries",
+    "thread_files",
+    "channel_settings",
+    "alembic_version",
+}
 
 
 def _drift(connection: Connection) -> list[Any]:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from slack_bolt.async_app import AsyncApp
 
-from bot.handlers import events
+from bot.handlers import actions, commands, events
 from bot.tutor import Tutor
 
 
 def register(app: AsyncApp, tutor: Tutor) -> None:
     events.register(app, tutor)
+    commands.register(app, tutor)
+    actions.register(app, tutor)

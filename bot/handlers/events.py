@@ -11,6 +11,7 @@ from slack_bolt.async_app import AsyncApp
 from slack_bolt.context.async_context import AsyncBoltContext
 from slack_bolt.response import BoltResponse
 
+from bot.files import SharedFile
 from bot.inbox import Question
 from bot.tutor import Tutor
 
@@ -59,6 +60,9 @@ def parse_question(body: dict[str, Any], *, bot_user_id: str | None) -> Question
         is_mention=mentioned,
         is_dm=is_dm,
         event_id=body.get("event_id"),
+        files=tuple(
+            SharedFile.from_slack(f) for f in event.get("files") or () if isinstance(f, dict) and f.get("id")
+        ),
     )
 
 

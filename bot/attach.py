@@ -1,0 +1,95 @@
+"""Attach files shared in Slack to a thread's sandbox: Slack → (checks) → OpenAI Files → container.
+
+A file is streamed from Slack to a spooled temporary file (in memory up to a few MB, on disk
+beyond), checked, and streamed on to OpenAI: memory stays bounded whatever the file's size.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot import errors
+from bot.ai import OpenAIGateway
+from bot.files import SharedFile, looks_right, mime_for, type_label
+from bot.slack_api import SlackGateway
+from db import repo
+from db.models import ThreadFile
+
+log = logging.getLogger(__name__)
+
+IN_MEMORY_BYTES = 4 << 20
+
+
+class FileAttacher:
+    def __init__(
+        self,
+        *,
+        sessions: async_sessionmaker[AsyncSession],
+        ai: OpenAIGateway,
+        slack: SlackGateway,
+        max_bytes: int,
+    ) -> None:
+        self._sessions = sessions
+        self._ai = ai
+        self._slack = slack
+        self.max_bytes = max_bytes
+
+    async def attach_pending(self, thread_id: int, container_id: str | None) -> None:
+        """Bring every pending file of the thread into its sandbox, or record why it can't be."""
+        async with self._sessions() as session:
+            pending = [
+                f for f in await repo.files_of_thread(session, thread_id=thread_id) if f.status == "pending"
+            ]
+        for file in pending:
+            try:
+                await self._attach(file, container_id)
+            except errors.FileError as exc:
+                log.info("file %s (%s) rejected: %s", file.slack_file_id, exc.code, exc.detail)
+                await self._save(file.id, status="rejected", error_code=exc.code)
+
+    async def _attach(self, file: ThreadFile, container_id: str | None) -> None:
+        openai_file_id = file.openai_file_id or await self._upload(file)
+        if file.openai_file_id is None:
+            await self._save(file.id, openai_file_id=openai_file_id)
+        path = await self._ai.add_to_container(container_id, openai_file_id) if container_id else None
+        await self._save(file.id, status="ready", container_path=path)
+        log.info("file %s attached to thread %s at %s", file.slack_file_id, file.thread_id, path)
+
+    async def _upload(self, file: ThreadFile) -> str:
+        shared = SharedFile.from_slack(file.slack_meta)
+        kind = shared.kind or SharedFile(file.slack_file_id, file.name, file.filetype, file.mimetype).kind
+        if kind is None:
+            raise errors.UnsupportedFileType(
+                name=file.name, type=type_label(file.filetype, file.name, file.mimetype)
+            )
+        if file.size > self.max_bytes:
+            raise errors.FileTooLarge(name=file.name, limit_mb=self.max_bytes >> 20)
+        meta = file.slack_meta
+        if meta.get("file_access") == "check_file_info" or not meta.get("url_private_download"):
+            meta = await self._slack.file_info(file.slack_file_id, name=file.name)
+            await self._save(file.id, slack_meta=meta)
+            if int(meta.get("size") or 0) > self.max_bytes:
+                raise errors.FileTooLarge(name=file.name, limit_mb=self.max_bytes >> 20)
+        url = str(meta.get("url_private_download") or meta.get("url_private") or "")
+        with tempfile.SpooledTemporaryFile(max_size=IN_MEMORY_BYTES) as spool:
+            size = await self._slack.download(url, spool, name=file.name, max_bytes=self.max_bytes)
+            expected = int(meta.get("size") or 0)
+            spool.seek(0)
+            head = spool.read(64)
+            if (expected and size != expected) or not looks_right(file.filetype, file.name, head):
+                raise errors.FileUnreadable(f"{size} bytes, expected {expected}", name=file.name)
+            spool.seek(0)
+            return await self._ai.upload_file(
+                file.name, spool, mime_for(file.filetype, file.name, file.mimetype)
+            )
+
+    async def _save(self, file_id: int, **values: Any) -> None:
+        async with self._sessions.begin() as session:
+            row = await session.get(ThreadFile, file_id)
+            if row is not None:
+                for key, value in values.items():
+                    setattr(row, key, value)
