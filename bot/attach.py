@@ -60,24 +60,25 @@ class FileAttacher:
         log.info("file %s attached to thread %s at %s", file.slack_file_id, file.thread_id, path)
 
     async def _upload(self, file: ThreadFile) -> str:
-        shared = SharedFile.from_slack(file.slack_meta)
-        kind = shared.kind or SharedFile(file.slack_file_id, file.name, file.filetype, file.mimetype).kind
-        if kind is None:
+        meta = file.slack_meta or {"id": file.slack_file_id, "name": file.name}
+        shared = SharedFile.from_slack({"filetype": file.filetype, "mimetype": file.mimetype, **meta})
+        return await self.transfer(shared)
+
+    async def transfer(self, file: SharedFile) -> str:
+        """Slack → checks → OpenAI Files, streamed; returns the OpenAI file id."""
+        if file.kind is None:
             raise errors.UnsupportedFileType(
                 name=file.name, type=type_label(file.filetype, file.name, file.mimetype)
             )
-        if file.size > self.max_bytes:
-            raise errors.FileTooLarge(name=file.name, limit_mb=self.max_bytes >> 20)
-        meta = file.slack_meta
+        meta = file.meta
         if meta.get("file_access") == "check_file_info" or not meta.get("url_private_download"):
-            meta = await self._slack.file_info(file.slack_file_id, name=file.name)
-            await self._save(file.id, slack_meta=meta)
-            if int(meta.get("size") or 0) > self.max_bytes:
-                raise errors.FileTooLarge(name=file.name, limit_mb=self.max_bytes >> 20)
+            meta = await self._slack.file_info(file.id, name=file.name)
+        expected = max(file.size, int(meta.get("size") or 0))
+        if expected > self.max_bytes:
+            raise errors.FileTooLarge(name=file.name, limit_mb=self.max_bytes >> 20)
         url = str(meta.get("url_private_download") or meta.get("url_private") or "")
         with tempfile.SpooledTemporaryFile(max_size=IN_MEMORY_BYTES) as spool:
             size = await self._slack.download(url, spool, name=file.name, max_bytes=self.max_bytes)
-            expected = int(meta.get("size") or 0)
             spool.seek(0)
             head = spool.read(64)
             if (expected and size != expected) or not looks_right(file.filetype, file.name, head):

@@ -51,6 +51,9 @@ async def _check_round_trip(url: str) -> None:
             assert math is not None and math.name == "Math Tutor"
             assert math.instructions.startswith("You are a personal math tutor.")
             assert math.tools == ["code_interpreter"]
+            data = await session.scalar(select(Profile).where(Profile.slug == "data"))
+            assert data is not None and data.name == "Data Visualizer"
+            assert data.instructions.startswith("You are great at creating beautiful data visualizations.")
     finally:
         await engine.dispose()
 
