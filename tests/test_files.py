@@ -243,3 +243,19 @@ async def test_image_goes_to_the_model_as_input_image(bot: Bot) -> None:
     parts = create["input"][0]["content"]
     assert parts[1] == {"type": "input_image", "file_id": next(iter(bot.openai.files)), "detail": "auto"}
     assert create["instructions"].startswith("You are a personal math tutor.")  # not a data analysis
+
+
+async def test_other_files_the_model_wrote_are_uploaded_too(bot: Bot) -> None:
+    bot.openai.queue(
+        Turn(
+            text="Cleaned the data and plotted it.",
+            charts=[Chart("trend.png")],
+            extra_files=[("covid_cleaned.csv", b"date,cases\n2020-03-01,1\n")],
+        )
+    )
+    ts = new_ts()
+    await bot.send(file_share("<@U0TUTORBOT> clean this up", [_csv(bot)], ts=ts))
+    await bot.wait_runs_finished(1)
+    assert [u.filename for u in bot.slack.uploads] == ["trend.png", "covid_cleaned.csv"]
+    # The user's own CSV, also in the container, is not echoed back.
+    assert "covid_worldwide.csv" not in [u.filename for u in bot.slack.uploads]
