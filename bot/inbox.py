@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -24,6 +25,9 @@ from db.models import TutorThread
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 500
+RESET_WORDS = re.compile(
+    r"^\W*(reset|start over|start again|start fresh|forget (this|it|everything))\W*$", re.I
+)
 #: The profile for analyses started by sharing a spreadsheet.
 DATA_PROFILE = "data"
 
@@ -60,6 +64,11 @@ class Question:
         return self.is_mention or self.is_dm
 
     @property
+    def is_reset(self) -> bool:
+        """`@tutor reset` / "start over" in a thread (or a DM): forget that thread."""
+        return (self.is_mention or self.is_dm) and not self.files and RESET_WORDS.match(self.text) is not None
+
+    @property
     def has_data(self) -> bool:
         return any(f.analysable for f in self.files)
 
@@ -74,15 +83,14 @@ class _Plan:
     """What one batch will write."""
 
     #: key → (state, profile slug)
-    new_threads: dict[repo.ThreadKey, tuple[str, str]] = field(default_factory=dict)
+    new_threads: dict[repo.ThreadKey, tuple[str, str | None]] = field(default_factory=dict)
     activate: set[int] = field(default_factory=set)
     runs: list[tuple[Question, str]] = field(default_factory=list)
 
 
 class Inbox:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], *, default_profile: str) -> None:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
-        self._default_profile = default_profile
         self._pending: list[tuple[Question, asyncio.Future[bool]]] = []
         self._profile_ids: dict[str, int] = {}
         self._writer: asyncio.Task[None] | None = None
@@ -125,7 +133,7 @@ class Inbox:
                             "team_id": t,
                             "channel_id": c,
                             "thread_ts": ts,
-                            "profile_id": profiles.get(slug),
+                            "profile_id": profiles.get(slug) if slug else None,
                             "state": state,
                         }
                         for (t, c, ts), (state, slug) in plan.new_threads.items()
@@ -159,14 +167,15 @@ class Inbox:
         known = await repo.known_files(session, files={(q.team_id, f.id) for q in offers for f in q.files})
         for q in questions:
             thread = threads.get(q.thread)
+            kind = "reset" if q.is_reset else "answer"
             if thread is not None and thread.state == "active":
-                plan.runs.append((q, "answer"))
+                plan.runs.append((q, kind))
             elif q.starts_thread or (q.may_offer and (q.team_id, q.channel_id) in auto):
                 if thread is None:
                     plan.new_threads[q.thread] = ("active", self._profile_for(q))
                 else:
                     plan.activate.add(thread.id)
-                plan.runs.append((q, "answer"))
+                plan.runs.append((q, kind))
             elif thread is None and q.may_offer and any((q.team_id, f.id) not in known for f in q.files):
                 plan.new_threads.setdefault(q.thread, ("offered", DATA_PROFILE))
                 plan.runs.append((q, "offer"))
@@ -188,8 +197,10 @@ class Inbox:
             "profile_id": data_profile if q.has_data else None,
         }
 
-    def _profile_for(self, q: Question) -> str:
-        return DATA_PROFILE if q.has_data else self._default_profile
+    @staticmethod
+    def _profile_for(q: Question) -> str | None:
+        """Threads started by sharing data keep the data visualizer; others follow the channel."""
+        return DATA_PROFILE if q.has_data else None
 
     async def _profiles(self, session: AsyncSession) -> dict[str, int]:
         if not self._profile_ids:

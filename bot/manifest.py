@@ -47,6 +47,11 @@ features:
         message: Explain derivatives with a plot
       - title: Analyse my data
         message: Analyse a CSV I'll share
+  shortcuts:
+    - name: Reset tutor here
+      type: message
+      callback_id: tutor_reset_thread
+      description: Make the tutor forget this thread's conversation and files
   slash_commands:
     - command: /tutor
       url: {url}

@@ -27,13 +27,15 @@ from bot.config import Settings
 from bot.reply import Replier
 from bot.tutor import Tutor, marker
 from db import repo
-from db.models import Run, utcnow
+from db.models import Cleanup, Run, utcnow
 
 log = logging.getLogger(__name__)
 
 #: Slack clears a thread status after two minutes without a message.
 STATUS_REFRESH = timedelta(seconds=90)
 CLAIM_BATCH = 20
+#: A claimed cleanup is left alone by other workers this long.
+CLEANUP_RETRY = timedelta(seconds=120)
 
 
 class Poller:
@@ -83,7 +85,27 @@ class Poller:
             )
         if runs:
             await asyncio.gather(*(self._drive(run) for run in runs))
-        return len(runs)
+        return len(runs) + await self._clean_up(now)
+
+    async def _clean_up(self, now: datetime) -> int:
+        """Delete what resets left at OpenAI; best effort, retried with backoff, never blocking a reply."""
+        async with self._sessions.begin() as session:
+            due = await repo.claim_cleanups(session, now=now, retry_at=now + CLEANUP_RETRY, limit=CLAIM_BATCH)
+        for cleanup in due:
+            delete = {
+                "conversation": self._ai.delete_conversation,
+                "container": self._ai.delete_container,
+                "file": self._ai.delete_file,
+            }[cleanup.kind]
+            try:
+                await delete(cleanup.object_id)
+                values: dict[str, Any] = {"done_at": utcnow(), "last_error": None}
+            except errors.TutorError as exc:
+                delay = min(3600.0, 30.0 * 2 ** min(cleanup.attempts, 7))
+                values = {"last_error": exc.code, "next_attempt_at": self._later(delay)}
+            async with self._sessions.begin() as session:
+                await session.execute(update(Cleanup).where(Cleanup.id == cleanup.id).values(**values))
+        return len(due)
 
     async def _drive(self, run: Run) -> None:
         async with self._heartbeat(run.id):
@@ -100,6 +122,10 @@ class Poller:
     async def _step(self, run: Run) -> None:
         if run.kind == "offer":
             await self._replier.offer(run)
+            await self._save(run, status="done", finished_at=utcnow())
+        elif run.kind == "reset":
+            await self._tutor.reset_thread(run)
+            await self._replier.reset_notice(run)
             await self._save(run, status="done", finished_at=utcnow())
         elif run.status == "queued":
             await self._create(run)

@@ -27,6 +27,11 @@ from db.models import Delivery, Run, ThreadFile
 log = logging.getLogger(__name__)
 
 ANALYSE_ACTION = "tutor_analyse"
+START_OVER_ACTION = "tutor_start_over"
+RESET_NOTICE = (
+    "Starting over: I've forgotten this thread's conversation and files. Ask me anything, "
+    "or share a file to analyse."
+)
 CUT_OFF_NOTE = "_(My answer was cut off. Ask me to continue.)_"
 
 
@@ -98,14 +103,20 @@ class Replier:
                 text = f"{text}\n\n{CUT_OFF_NOTE}"
                 failure = None
             uploaded = {chart.filename: chart.title for chart in charts}
-            for index, part in enumerate(format_reply(text, uploaded) if text.strip() else []):
-                await self._post_once(run, place, f"text:{index}", part)
+            parts = format_reply(text, uploaded) if text.strip() else []
+            for index, part in enumerate(parts):
+                last = index == len(parts) - 1
+                blocks = _with_start_over(part, run) if last else None
+                await self._post_once(run, place, f"text:{index}", part, blocks=blocks)
             for chart in charts:
                 await self._upload_once(run, place, chart)
         if failure is not None:
             await self._post_once(run, place, "error", failure.user_message)
         if place.thread_ts is None:
             await self._slack.show_status(place, "", message_ts=run.message_ts)
+
+    async def reset_notice(self, run: Run) -> None:
+        await self._post_once(run, place_of(run), "reset", RESET_NOTICE)
 
     async def _charts(self, run: Run, reply: ModelReply) -> list[ChartUpload]:
         """Cited files in citation order, then image files the code saved without citing them."""
@@ -213,3 +224,23 @@ def _name_chart(ref: ChartRef, number: int) -> ChartUpload:
         return ChartUpload(ref.file_id, ref.container_id, f"chart-{number}.{ext}", f"Chart {number}")
     title = re.sub(r"[_\-]+", " ", stem).strip()
     return ChartUpload(ref.file_id, ref.container_id, ref.filename, title[:1].upper() + title[1:])
+
+
+def _with_start_over(text: str, run: Run) -> list[dict[str, Any]]:
+    """The answer as a section, with a small "Start over" button for its thread."""
+    thread_key = run.reply_thread_ts or ""
+    return [
+        {"type": "section", "text": {"type": "mrkdwn", "text": text}},
+        {
+            "type": "actions",
+            "block_id": "tutor_controls",
+            "elements": [
+                {
+                    "type": "button",
+                    "action_id": START_OVER_ACTION,
+                    "text": {"type": "plain_text", "text": "Start over"},
+                    "value": f"{run.channel_id}:{thread_key}",
+                }
+            ],
+        },
+    ]

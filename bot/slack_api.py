@@ -232,6 +232,45 @@ class SlackGateway:
             # Cosmetic: never let it fail a run.
             log.info("status not shown in %s: %s", place.channel_id, exc.response.get("error"))
 
+    async def set_suggested_prompts(
+        self, channel_id: str, prompts: Sequence[tuple[str, str]], *, thread_ts: str | None = None
+    ) -> None:
+        """Agent view: no thread_ts (with one the call silently fails); assistant view: the pane's thread."""
+        await self._cosmetic(
+            "assistant.threads.setSuggestedPrompts",
+            self.client.assistant_threads_setSuggestedPrompts(
+                channel_id=channel_id,
+                thread_ts=thread_ts,
+                prompts=[{"title": title, "message": message} for title, message in prompts],
+            ),
+        )
+
+    async def set_title(self, channel_id: str, thread_ts: str, title: str) -> None:
+        await self._cosmetic(
+            "assistant.threads.setTitle",
+            self.client.assistant_threads_setTitle(
+                channel_id=channel_id, thread_ts=thread_ts, title=title[:80]
+            ),
+        )
+
+    async def publish_home(self, user_id: str, view: dict[str, Any]) -> None:
+        await self._cosmetic("views.publish", self.client.views_publish(user_id=user_id, view=view))
+
+    async def permalink(self, channel_id: str, message_ts: str) -> str | None:
+        try:
+            response = await self.client.chat_getPermalink(channel=channel_id, message_ts=message_ts)
+        except SlackApiError:
+            return None
+        return str(response.get("permalink") or "") or None
+
+    @staticmethod
+    async def _cosmetic(method: str, call: Any) -> None:
+        """Calls whose failure must not fail anything else: logged, not raised."""
+        try:
+            await call
+        except SlackApiError as exc:
+            log.info("%s failed: %s", method, exc.response.get("error"))
+
     async def display_name(self, user_id: str) -> str:
         cached = self._names.get(user_id)
         if cached and cached[1] > time.monotonic():

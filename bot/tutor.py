@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -15,6 +16,7 @@ from bot.ai import OpenAIGateway, RunRequest
 from bot.attach import FileAttacher
 from bot.config import Settings
 from bot.files import SharedFile, file_type
+from bot.home import home_view
 from bot.inbox import DATA_PROFILE, Inbox, Question
 from bot.slack_api import Place, SlackGateway
 from db import repo
@@ -23,6 +25,11 @@ from db.models import Profile, Run, ThreadFile, TutorThread
 log = logging.getLogger(__name__)
 
 DEFAULT_PROFILE = "math"
+SUGGESTED_PROMPTS = (
+    ("Solve an equation", "Solve 3x + 11 = 14 step by step"),
+    ("Explain with a plot", "Explain derivatives with a plot"),
+    ("Analyse my data", "Analyse a CSV I'll share"),
+)
 
 SLACK_STYLE = (
     "You are answering inside Slack. Slack renders only simple Markdown: use short paragraphs, "
@@ -35,6 +42,16 @@ MARKER_NOTE = (
     "Each user turn starts with a tag like [slack message 1700000000.000100]. It is bookkeeping: "
     "ignore it and never repeat it."
 )
+
+
+@dataclass(frozen=True)
+class ChannelStatus:
+    profile_name: str
+    model: str
+    active_threads: int
+    auto_analysis: bool
+    files: int
+    custom_instructions: str | None
 
 
 def marker(message_ts: str) -> str:
@@ -59,7 +76,7 @@ class Tutor:
         self._ai = ai
         self._slack = slack
         self._settings = settings
-        self._inbox = Inbox(sessions, default_profile=DEFAULT_PROFILE)
+        self._inbox = Inbox(sessions)
         self._files = FileAttacher(
             sessions=sessions, ai=ai, slack=slack, max_bytes=settings.tutor_max_file_mb << 20
         )
@@ -120,6 +137,110 @@ class Tutor:
             settings = await repo.upsert_channel_settings(session, team_id=team_id, channel_id=channel_id)
             settings.auto_analyse = on
 
+    async def reset_channel(self, *, team_id: str, channel_id: str) -> int:
+        """`/tutor reset`: every tutor thread of the channel (or DM) starts fresh on its next message."""
+        async with self._sessions.begin() as session:
+            threads = await repo.threads_in_channel(session, team_id=team_id, channel_id=channel_id)
+            count = await repo.forget_threads(session, threads=threads)
+        log.info("reset %d threads in %s", count, channel_id)
+        self.wake()  # the worker deletes the OpenAI objects
+        return count
+
+    async def request_thread_reset(
+        self, *, team_id: str, channel_id: str, thread_key: str, user_id: str, key_ts: str
+    ) -> bool:
+        """The "Start over" button: queue a reset of one thread behind its pending questions."""
+        async with self._sessions.begin() as session:
+            thread = await repo.find_thread(
+                session, team_id=team_id, channel_id=channel_id, thread_ts=thread_key
+            )
+            if thread is None:
+                return False
+            created = await repo.insert_runs(
+                session,
+                rows=[
+                    {
+                        "run_uuid": str(uuid.uuid4()),
+                        "thread_id": thread.id,
+                        "team_id": team_id,
+                        "channel_id": channel_id,
+                        "message_ts": key_ts,
+                        "reply_thread_ts": thread_key or None,
+                        "user_id": user_id,
+                        "text": "",
+                        "kind": "reset",
+                    }
+                ],
+            )
+        if created:
+            self.wake()
+        return bool(created)
+
+    async def reset_thread(self, run: Run) -> None:
+        async with self._sessions.begin() as session:
+            thread = await session.get(TutorThread, run.thread_id)
+            if thread is not None:
+                await repo.forget_threads(session, threads=[thread])
+
+    async def channel_status(self, *, team_id: str, channel_id: str) -> ChannelStatus:
+        async with self._sessions() as session:
+            channel = await repo.get_channel_settings(session, team_id=team_id, channel_id=channel_id)
+            profile = (
+                await session.get(Profile, channel.profile_id) if channel and channel.profile_id else None
+            )
+            profile = profile or await repo.get_profile(session, slug=DEFAULT_PROFILE)
+            threads = await repo.threads_in_channel(session, team_id=team_id, channel_id=channel_id)
+            files = 0
+            for thread in threads:
+                files += sum(
+                    f.status == "ready" for f in await repo.files_of_thread(session, thread_id=thread.id)
+                )
+        return ChannelStatus(
+            profile_name=profile.name if profile else "Math Tutor",
+            model=(profile.model if profile else None) or self._settings.tutor_model,
+            active_threads=sum(t.conversation_id is not None for t in threads),
+            auto_analysis=bool(channel and channel.auto_analyse),
+            files=files,
+            custom_instructions=channel.custom_instructions if channel else None,
+        )
+
+    async def profiles(self) -> list[Profile]:
+        async with self._sessions() as session:
+            return list(await repo.all_profiles(session))
+
+    async def choose_profile(self, *, team_id: str, channel_id: str, name: str) -> Profile | None:
+        """Select a profile by slug or name for the channel; None if there is no such profile."""
+        async with self._sessions.begin() as session:
+            wanted = name.strip().lower()
+            for profile in await repo.all_profiles(session):
+                if wanted in (profile.slug.lower(), profile.name.lower()):
+                    settings = await repo.upsert_channel_settings(
+                        session, team_id=team_id, channel_id=channel_id
+                    )
+                    settings.profile_id = profile.id
+                    return profile
+        return None
+
+    async def set_instructions(self, *, team_id: str, channel_id: str, text: str | None) -> None:
+        async with self._sessions.begin() as session:
+            settings = await repo.upsert_channel_settings(session, team_id=team_id, channel_id=channel_id)
+            settings.custom_instructions = text
+
+    async def welcome(self, *, channel_id: str, thread_ts: str | None) -> None:
+        """Suggested prompts when someone opens the tutor's DM (agent view) or pane (assistant view)."""
+        await self._slack.set_suggested_prompts(channel_id, SUGGESTED_PROMPTS, thread_ts=thread_ts)
+
+    async def publish_home(self, *, team_id: str, user_id: str) -> None:
+        async with self._sessions() as session:
+            threads = await repo.recent_threads_of_user(session, team_id=team_id, user_id=user_id, limit=5)
+        links = []
+        for thread in threads:
+            url = (
+                await self._slack.permalink(thread.channel_id, thread.thread_ts) if thread.thread_ts else None
+            )
+            links.append((thread.channel_id, url))
+        await self._slack.publish_home(user_id, home_view(links))
+
     async def show_working(self, run: Run, status: str = "is thinking…") -> None:
         await self._slack.show_status(place_of(run), status, message_ts=run.message_ts)
 
@@ -130,7 +251,11 @@ class Tutor:
             thread = await session.get(TutorThread, run.thread_id)
             assert thread is not None
             profile = await self._profile(session, run, thread)
+            channel = await repo.get_channel_settings(session, team_id=run.team_id, channel_id=run.channel_id)
+        first_turn = thread.conversation_id is None
         conversation_id = thread.conversation_id or await self._new_conversation(thread, profile)
+        if first_turn and run.reply_thread_ts and run.channel_id.startswith("D"):
+            await self._slack.set_title(run.channel_id, run.reply_thread_ts, run.text)
         container_id, sandbox_reset = None, False
         if "code_interpreter" in profile.tools:
             container_id, sandbox_reset = await self._sandbox(thread)
@@ -149,6 +274,7 @@ class Tutor:
                 display_name=name,
                 sandbox_reset=sandbox_reset,
                 sandbox_files=[f.container_path for f in files if f.status == "ready" and f.container_path],
+                channel_instructions=channel.custom_instructions if channel else None,
             ),
             input_text=_input_text(run, mine),
             container_id=container_id,
@@ -198,7 +324,11 @@ class Tutor:
             return thread.conversation_id if thread else None
 
     async def _profile(self, session: AsyncSession, run: Run, thread: TutorThread) -> Profile:
-        profile_id = run.profile_id or thread.profile_id
+        """The run's own (file analyses), the thread's, the channel's choice, or the math tutor."""
+        channel = await repo.get_channel_settings(
+            session, team_id=thread.team_id, channel_id=thread.channel_id
+        )
+        profile_id = run.profile_id or thread.profile_id or (channel.profile_id if channel else None)
         profile = await session.get(Profile, profile_id) if profile_id else None
         profile = profile or await repo.get_profile(session, slug=DEFAULT_PROFILE)
         if profile is None:
@@ -230,10 +360,18 @@ class Tutor:
 
 
 def build_instructions(
-    profile: Profile, *, display_name: str, sandbox_reset: bool = False, sandbox_files: Sequence[str] = ()
+    profile: Profile,
+    *,
+    display_name: str,
+    sandbox_reset: bool = False,
+    sandbox_files: Sequence[str] = (),
+    channel_instructions: str | None = None,
 ) -> str:
     """The full instructions for one run: profile, then per-run context (never carried over by OpenAI)."""
-    parts = [profile.instructions.strip(), SLACK_STYLE]
+    parts = [profile.instructions.strip()]
+    if channel_instructions:
+        parts.append(f"Instructions from this Slack channel:\n{channel_instructions.strip()}")
+    parts.append(SLACK_STYLE)
     if display_name:
         parts.append(f"The person asking is {display_name}. Address them by that name.")
     if sandbox_files:

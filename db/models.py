@@ -194,3 +194,20 @@ class ChannelSettings(Base):
     profile_id: Mapped[int | None] = mapped_column(ForeignKey("profiles.id"))
     custom_instructions: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Cleanup(Base):
+    """An OpenAI object to delete after a reset; retried until OpenAI says it is gone."""
+
+    __tablename__ = "cleanups"
+    __table_args__ = (Index("ix_cleanups_due", "done_at", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: "conversation", "container" or "file"
+    kind: Mapped[str] = mapped_column(String(16))
+    object_id: Mapped[str] = mapped_column(String(128))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    done_at: Mapped[datetime | None]

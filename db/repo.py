@@ -6,12 +6,12 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, exists, or_, select, tuple_, update
+from sqlalchemy import and_, exists, func, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from db.models import ChannelSettings, Delivery, Profile, Run, ThreadFile, TutorThread
+from db.models import ChannelSettings, Cleanup, Delivery, Profile, Run, ThreadFile, TutorThread
 
 #: Statuses of a run that still needs a worker.
 ACTIVE_STATUSES = ("queued", "creating", "unknown", "polling", "replying")
@@ -251,3 +251,67 @@ async def start_delivery(session: AsyncSession, *, run_id: int, key: str) -> tup
 async def runs_of_thread(session: AsyncSession, *, thread_id: int) -> Sequence[Run]:
     query = select(Run).where(Run.thread_id == thread_id).order_by(Run.message_ts)
     return (await session.scalars(query)).all()
+
+
+async def forget_threads(session: AsyncSession, *, threads: Sequence[TutorThread]) -> int:
+    """Reset threads: their next message starts a new conversation and sandbox. The OpenAI
+    objects they held are queued for deletion. Returns how many threads had anything to forget."""
+    forgotten = 0
+    for thread in threads:
+        files = await files_of_thread(session, thread_id=thread.id)
+        objects = [("conversation", thread.conversation_id), ("container", thread.container_id)]
+        objects += [("file", f.openai_file_id) for f in files]
+        session.add_all(Cleanup(kind=kind, object_id=oid) for kind, oid in objects if oid)
+        if thread.conversation_id or files:
+            forgotten += 1
+        for file in files:
+            await session.delete(file)
+        thread.conversation_id = None
+        thread.container_id = None
+    return forgotten
+
+
+async def threads_in_channel(
+    session: AsyncSession, *, team_id: str, channel_id: str
+) -> Sequence[TutorThread]:
+    query = select(TutorThread).where(TutorThread.team_id == team_id, TutorThread.channel_id == channel_id)
+    return (await session.scalars(query)).all()
+
+
+async def claim_cleanups(
+    session: AsyncSession, *, now: datetime, retry_at: datetime, limit: int
+) -> list[Cleanup]:
+    """Due cleanups, pushed to `retry_at` so another worker leaves them alone meanwhile."""
+    query = (
+        select(Cleanup)
+        .where(Cleanup.done_at.is_(None), Cleanup.next_attempt_at <= now)
+        .order_by(Cleanup.id)
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    due = list((await session.scalars(query)).all())
+    for cleanup in due:
+        cleanup.next_attempt_at = retry_at
+        cleanup.attempts += 1
+    return due
+
+
+async def recent_threads_of_user(
+    session: AsyncSession, *, team_id: str, user_id: str, limit: int
+) -> Sequence[TutorThread]:
+    """The user's tutor threads, most recently asked in first."""
+    last = func.max(Run.created_at).label("last")
+    query = (
+        select(TutorThread)
+        .join(Run, Run.thread_id == TutorThread.id)
+        .where(Run.team_id == team_id, Run.user_id == user_id, Run.kind == "answer")
+        .group_by(TutorThread.id)
+        .order_by(last.desc())
+        .limit(limit)
+    )
+    return (await session.scalars(query)).all()
+
+
+async def all_profiles(session: AsyncSession) -> Sequence[Profile]:
+    return (await session.scalars(select(Profile).order_by(Profile.id))).all()

@@ -22,6 +22,7 @@ TABLES = {
     "deliveries",
     "thread_files",
     "channel_settings",
+    "cleanups",
     "alembic_version",
 }
 

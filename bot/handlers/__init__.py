@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from slack_bolt.async_app import AsyncApp
 
-from bot.handlers import actions, commands, events
+from bot.handlers import actions, commands, events, surfaces
 from bot.tutor import Tutor
 
 
@@ -12,3 +12,5 @@ def register(app: AsyncApp, tutor: Tutor) -> None:
     events.register(app, tutor)
     commands.register(app, tutor)
     actions.register(app, tutor)
+    surfaces.register(app, tutor)
+    events.acknowledge_the_rest(app)  # last: Bolt runs the first listener that matches

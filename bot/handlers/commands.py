@@ -1,4 +1,8 @@
-"""The `/tutor` slash command. Slack sends no thread with it: it acts on the channel or DM."""
+"""The `/tutor` slash command. Slack sends no thread with it, so it acts on the channel or DM.
+
+Every answer is the ack itself (ephemeral), given once the small database write is done: the
+OpenAI clean-up after a reset happens later, in the worker.
+"""
 
 from __future__ import annotations
 
@@ -9,29 +13,108 @@ from slack_bolt.context.ack.async_ack import AsyncAck
 
 from bot.tutor import Tutor
 
+MAX_INSTRUCTIONS = 3000
+
 HELP = """\
 *Your tutor* answers math questions and analyses data, in threads.
-• Ask: `@tutor I need to solve 3x + 11 = 14. Can you help me?` — it answers in the thread and remembers it.
-• Data: share a CSV or XLSX with a mention (or press *Analyse it* on my offer) to get charts back.
-• `/tutor auto on|off` — analyse spreadsheets shared in this channel without asking first."""
+• *Ask:* `@tutor I need to solve 3x + 11 = 14. Can you help me?` — it answers in the thread and \
+remembers it; later messages in that thread need no mention.
+• *Explain:* `@tutor Explain derivatives with a plot` — charts it draws are posted in the thread.
+• *Data:* share a CSV or XLSX with a mention (or press *Analyse it* on my offer) to get charts back.
+• *Start over in a thread:* `@tutor reset`, or the *Start over* button on any of my answers.
+Commands (they act on this channel or DM; Slack doesn't allow them in threads):
+• `/tutor reset` — every tutor thread here starts fresh; their files are deleted from OpenAI.
+• `/tutor status` — profile, model, active threads, auto analysis, files held.
+• `/tutor profile [math|data|<name>]` — list the profiles or pick one for this channel.
+• `/tutor instructions <text>` — extra instructions for every answer here (`clear` removes them).
+• `/tutor auto on|off` — analyse spreadsheets shared here without asking first.
+• `/tutor help` — this message."""
 
 
 def register(app: AsyncApp, tutor: Tutor) -> None:
     async def tutor_command(ack: AsyncAck, command: dict[str, Any]) -> None:
-        words = str(command.get("text") or "").split()
-        sub = words[0].lower() if words else "help"
-        team_id = str(command.get("team_id") or "")
-        channel_id = str(command.get("channel_id") or "")
-        if sub == "auto" and len(words) == 2 and words[1].lower() in ("on", "off"):
-            on = words[1].lower() == "on"
-            await tutor.set_auto_analysis(team_id=team_id, channel_id=channel_id, on=on)
-            await ack(
-                text="Spreadsheets shared here will be analysed without asking first."
-                if on
-                else "I'll ask before analysing spreadsheets shared here."
-            )
+        text = str(command.get("text") or "").strip()
+        sub, _, rest = text.partition(" ")
+        where = {
+            "team_id": str(command.get("team_id") or ""),
+            "channel_id": str(command.get("channel_id") or ""),
+        }
+        handler = SUBCOMMANDS.get(sub.lower() or "help")
+        if handler is None:
+            await ack(text=f"unknown command: {sub}\n\n{HELP}")
             return
-        prefix = "" if sub == "help" else f"unknown command: {sub}\n\n"
-        await ack(text=prefix + HELP)
+        await ack(text=await handler(tutor, where, rest.strip()))
 
     app.command("/tutor")(tutor_command)
+
+
+async def _help(_tutor: Tutor, _where: dict[str, str], _rest: str) -> str:
+    return HELP
+
+
+async def _reset(tutor: Tutor, where: dict[str, str], _rest: str) -> str:
+    count = await tutor.reset_channel(**where)
+    place = "this DM" if where["channel_id"].startswith("D") else f"<#{where['channel_id']}>"
+    if count == 0:
+        return f"There was nothing to reset in {place}."
+    threads = "tutor thread" if count == 1 else "tutor threads"
+    return f"Reset {count} {threads} in {place}. Their next message starts fresh."
+
+
+async def _status(tutor: Tutor, where: dict[str, str], _rest: str) -> str:
+    status = await tutor.channel_status(**where)
+    lines = [
+        f"*Profile:* {status.profile_name}  •  *Model:* `{status.model}`",
+        f"*Active tutor threads:* {status.active_threads}  •  *Files held:* {status.files}",
+        f"*Auto analysis of shared spreadsheets:* {'on' if status.auto_analysis else 'off'}",
+    ]
+    if status.custom_instructions:
+        lines.append(f"*Custom instructions:* {status.custom_instructions}")
+    return "\n".join(lines)
+
+
+async def _profile(tutor: Tutor, where: dict[str, str], rest: str) -> str:
+    if not rest:
+        current = (await tutor.channel_status(**where)).profile_name
+        names = "\n".join(
+            f"• `{p.slug}` — {p.name}{' (in use here)' if p.name == current else ''}"
+            for p in await tutor.profiles()
+        )
+        return f"Profiles:\n{names}\nPick one with `/tutor profile <name>`."
+    chosen = await tutor.choose_profile(**where, name=rest)
+    if chosen is None:
+        available = ", ".join(f"`{p.slug}`" for p in await tutor.profiles())
+        return f"There is no profile called `{rest}`. Available: {available}."
+    return f"This channel now uses the *{chosen.name}* profile for new tutor threads."
+
+
+async def _instructions(tutor: Tutor, where: dict[str, str], rest: str) -> str:
+    if not rest:
+        return "Give the instructions after the command, e.g. `/tutor instructions Answer in French.`"
+    if rest.lower() == "clear":
+        await tutor.set_instructions(**where, text=None)
+        return "Custom instructions removed for this channel."
+    if len(rest) > MAX_INSTRUCTIONS:
+        return f"Those instructions are {len(rest)} characters long; the limit is {MAX_INSTRUCTIONS}."
+    await tutor.set_instructions(**where, text=rest)
+    return f"Every answer in this channel will now follow: {rest}"
+
+
+async def _auto(tutor: Tutor, where: dict[str, str], rest: str) -> str:
+    if rest.lower() not in ("on", "off"):
+        return "Use `/tutor auto on` or `/tutor auto off`."
+    on = rest.lower() == "on"
+    await tutor.set_auto_analysis(**where, on=on)
+    if on:
+        return "Spreadsheets shared here will be analysed without asking first."
+    return "I'll ask before analysing spreadsheets shared here."
+
+
+SUBCOMMANDS = {
+    "help": _help,
+    "reset": _reset,
+    "status": _status,
+    "profile": _profile,
+    "instructions": _instructions,
+    "auto": _auto,
+}

@@ -87,7 +87,10 @@ def register(app: AsyncApp, tutor: Tutor) -> None:
 
     app.middleware(store_questions)
 
-    # Every subscribed event must get a 200: Slack counts a 404 as a failed delivery.
+
+def acknowledge_the_rest(app: AsyncApp) -> None:
+    """Every subscribed event must get a 200: Slack counts a 404 as a failed delivery."""
+
     async def acknowledge(event: dict[str, Any]) -> None:
         log.debug("event %s acknowledged", event.get("type"))
 
