@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import signal
 import socket
 import statistics
@@ -28,8 +27,9 @@ from sqlalchemy import text
 
 from db.migrate import upgrade
 from db.session import make_engine
+from tests.conftest import process_env
 from tests.fakes import FakeOpenAI, FakeSlack
-from tests.slack_payloads import CHANNEL, SIGNING_SECRET, as_json, mention, new_ts, signed_headers
+from tests.slack_payloads import CHANNEL, as_json, mention, new_ts, signed_headers
 
 
 @contextlib.asynccontextmanager
@@ -38,18 +38,14 @@ async def serving(command: str, url: str, slack: FakeSlack, openai: FakeOpenAI) 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {
-        **os.environ,
-        "SLACK_BOT_TOKEN": slack.bot_token,
-        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-        "SLACK_API_URL": slack.api_url,
-        "OPENAI_API_KEY": openai.api_key,
-        "OPENAI_BASE_URL": openai.base_url,
-        "DATABASE_URL": url,
-        "PORT": str(port),
-        "LOG_LEVEL": "WARNING",
-        "TUTOR_POLL_INTERVAL": "0.2",
-    }
+    env = process_env(
+        slack,
+        openai,
+        DATABASE_URL=url,
+        PORT=str(port),
+        LOG_LEVEL="WARNING",
+        TUTOR_POLL_INTERVAL="0.2",
+    )
     process = await asyncio.create_subprocess_exec(
         str(Path(sys.executable).parent / "slack-tutor"), command, env=env, stdout=asyncio.subprocess.DEVNULL
     )

@@ -144,7 +144,15 @@ class Inbox:
             data_profile = profiles.get(DATA_PROFILE)
             run_ids = await repo.insert_runs(
                 session,
-                rows=[self._run_row(q, kind, threads[q.thread].id, data_profile) for q, kind in plan.runs],
+                rows=[
+                    run_row(
+                        q,
+                        kind=kind,
+                        thread_id=threads[q.thread].id,
+                        profile_id=data_profile if q.has_data else None,
+                    )
+                    for q, kind in plan.runs
+                ],
             )
             await repo.insert_thread_files(
                 session,
@@ -182,22 +190,6 @@ class Inbox:
         return plan
 
     @staticmethod
-    def _run_row(q: Question, kind: str, thread_id: int, data_profile: int | None) -> dict[str, Any]:
-        return {
-            "run_uuid": str(uuid.uuid4()),
-            "thread_id": thread_id,
-            "team_id": q.team_id,
-            "channel_id": q.channel_id,
-            "message_ts": q.message_ts,
-            "reply_thread_ts": q.reply_thread_ts,
-            "user_id": q.user_id,
-            "text": q.text,
-            "event_id": q.event_id,
-            "kind": kind,
-            "profile_id": data_profile if q.has_data else None,
-        }
-
-    @staticmethod
     def _profile_for(q: Question) -> str | None:
         """Threads started by sharing data keep the data visualizer; others follow the channel."""
         return DATA_PROFILE if q.has_data else None
@@ -206,6 +198,23 @@ class Inbox:
         if not self._profile_ids:
             self._profile_ids = await repo.profile_ids(session)
         return self._profile_ids
+
+
+def run_row(q: Question, *, kind: str, thread_id: int, profile_id: int | None) -> dict[str, Any]:
+    """A new run for question `q` (kinds: "answer", "offer", "reset")."""
+    return {
+        "run_uuid": str(uuid.uuid4()),
+        "thread_id": thread_id,
+        "team_id": q.team_id,
+        "channel_id": q.channel_id,
+        "message_ts": q.message_ts,
+        "reply_thread_ts": q.reply_thread_ts,
+        "user_id": q.user_id,
+        "text": q.text,
+        "event_id": q.event_id,
+        "kind": kind,
+        "profile_id": profile_id,
+    }
 
 
 def _file_row(file: SharedFile, q: Question, thread_id: int, run_id: int) -> dict[str, Any]:

@@ -6,7 +6,6 @@ Talks to the database, OpenAI (`bot.ai`) and Slack (`bot.slack_api`); knows neit
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -17,7 +16,7 @@ from bot.attach import FileAttacher
 from bot.config import Settings
 from bot.files import SharedFile, file_type
 from bot.home import home_view
-from bot.inbox import DATA_PROFILE, Inbox, Question
+from bot.inbox import DATA_PROFILE, Inbox, Question, run_row
 from bot.slack_api import Place, SlackGateway
 from db import repo
 from db.models import Profile, Run, ThreadFile, TutorThread
@@ -104,21 +103,12 @@ class Tutor:
                 return None
             thread.state = "active"
             data = await repo.get_profile(session, slug=DATA_PROFILE)
+            # Keyed on the offer message's ts: a second press of the same button is a duplicate.
+            press = _button_press(team_id, channel_id, offer_ts, thread_ts, user_id)
             created = await repo.insert_runs(
                 session,
                 rows=[
-                    {
-                        "run_uuid": str(uuid.uuid4()),
-                        "thread_id": thread.id,
-                        "team_id": team_id,
-                        "channel_id": channel_id,
-                        # The offer message's ts: a second press of the same button is a duplicate.
-                        "message_ts": offer_ts,
-                        "reply_thread_ts": thread_ts,
-                        "user_id": user_id,
-                        "text": "",
-                        "profile_id": data.id if data else None,
-                    }
+                    run_row(press, kind="answer", thread_id=thread.id, profile_id=data.id if data else None)
                 ],
             )
             if not created:
@@ -156,21 +146,9 @@ class Tutor:
             )
             if thread is None:
                 return False
+            press = _button_press(team_id, channel_id, key_ts, thread_key or None, user_id)
             created = await repo.insert_runs(
-                session,
-                rows=[
-                    {
-                        "run_uuid": str(uuid.uuid4()),
-                        "thread_id": thread.id,
-                        "team_id": team_id,
-                        "channel_id": channel_id,
-                        "message_ts": key_ts,
-                        "reply_thread_ts": thread_key or None,
-                        "user_id": user_id,
-                        "text": "",
-                        "kind": "reset",
-                    }
-                ],
+                session, rows=[run_row(press, kind="reset", thread_id=thread.id, profile_id=None)]
             )
         if created:
             self.wake()
@@ -399,3 +377,20 @@ def _input_text(run: Run, files: Sequence[ThreadFile]) -> str:
             where = file.container_path or "attached as an image"
             lines.append(f"- {file.name} ({file_type(file.filetype, file.name).upper()}): {where}")
     return "\n".join(lines)
+
+
+def _button_press(
+    team_id: str, channel_id: str, key_ts: str, thread_ts: str | None, user_id: str
+) -> Question:
+    """A button press as a question with no text, keyed on `key_ts`."""
+    return Question(
+        team_id=team_id,
+        channel_id=channel_id,
+        message_ts=key_ts,
+        thread_key=thread_ts or "",
+        reply_thread_ts=thread_ts,
+        user_id=user_id,
+        text="",
+        is_mention=False,
+        is_dm=False,
+    )

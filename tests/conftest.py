@@ -76,6 +76,25 @@ async def database_url(sqlite_url: str) -> str:
     return sqlite_url
 
 
+#: The parent's environment without any slack-tutor setting, for processes started by tests.
+CLEAN_ENV = {
+    k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "OPENAI_", "TUTOR_", "DATABASE_"))
+}
+
+
+def process_env(slack: FakeSlack, openai: FakeOpenAI, **extra: str) -> dict[str, str]:
+    """Environment for a `slack-tutor` process that talks to the fakes."""
+    return {
+        **CLEAN_ENV,
+        "SLACK_BOT_TOKEN": slack.bot_token,
+        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "SLACK_API_URL": slack.api_url,
+        "OPENAI_API_KEY": openai.api_key,
+        "OPENAI_BASE_URL": openai.base_url,
+        **extra,
+    }
+
+
 def make_settings(database_url: str, slack: FakeSlack, openai: FakeOpenAI, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "slack_bot_token": slack.bot_token,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import aiohttp
 
+from tests.conftest import process_env
 from tests.fakes import FakeOpenAI, FakeSlack, wait_for
 from tests.slack_payloads import CHANNEL, SIGNING_SECRET, as_json, mention, new_ts, signed_headers
 
@@ -75,15 +76,7 @@ async def test_run_from_a_fresh_directory_answers_a_mention(
     tmp_path: Path, fake_slack: FakeSlack, fake_openai: FakeOpenAI
 ) -> None:
     port = _free_port()
-    env = {
-        **BASE_ENV,
-        "SLACK_BOT_TOKEN": fake_slack.bot_token,
-        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-        "SLACK_API_URL": fake_slack.api_url,
-        "OPENAI_API_KEY": fake_openai.api_key,
-        "OPENAI_BASE_URL": fake_openai.base_url,
-        "PORT": str(port),
-    }
+    env = process_env(fake_slack, fake_openai, PORT=str(port))
     process = await asyncio.create_subprocess_exec(
         CLI, "run", cwd=tmp_path, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
     )
@@ -123,14 +116,7 @@ async def test_run_from_a_fresh_directory_answers_a_mention(
 async def test_doctor_checks_database_slack_and_openai(
     tmp_path: Path, fake_slack: FakeSlack, fake_openai: FakeOpenAI
 ) -> None:
-    env = {
-        **BASE_ENV,
-        "SLACK_BOT_TOKEN": fake_slack.bot_token,
-        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-        "SLACK_API_URL": fake_slack.api_url,
-        "OPENAI_API_KEY": fake_openai.api_key,
-        "OPENAI_BASE_URL": fake_openai.base_url,
-    }
+    env = process_env(fake_slack, fake_openai)
     code, out, _ = await _run_cli("doctor", cwd=tmp_path, env=env)
     assert code == 1  # the database has not been migrated yet
     assert "FAIL database" in out and "slack-tutor migrate" in out

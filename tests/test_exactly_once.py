@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -13,9 +12,9 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from tests.conftest import BotFactory
+from tests.conftest import BotFactory, process_env
 from tests.fakes import Chart, FakeOpenAI, FakeSlack, Turn, wait_for
-from tests.slack_payloads import CHANNEL, SIGNING_SECRET, mention, new_ts
+from tests.slack_payloads import CHANNEL, mention, new_ts
 
 INTERNAL_ERROR = {"ok": False, "error": "internal_error"}
 
@@ -30,18 +29,14 @@ async def spawn_worker(
     processes: list[asyncio.subprocess.Process] = []
 
     async def spawn(**extra_env: str) -> asyncio.subprocess.Process:
-        env = {
-            **os.environ,
-            "SLACK_BOT_TOKEN": fake_slack.bot_token,
-            "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-            "SLACK_API_URL": fake_slack.api_url,
-            "OPENAI_API_KEY": fake_openai.api_key,
-            "OPENAI_BASE_URL": fake_openai.base_url,
-            "DATABASE_URL": database_url,
-            "TUTOR_POLL_INTERVAL": "0.05",
-            "TUTOR_LEASE_SECONDS": "1",
+        env = process_env(
+            fake_slack,
+            fake_openai,
+            DATABASE_URL=database_url,
+            TUTOR_POLL_INTERVAL="0.05",
+            TUTOR_LEASE_SECONDS="1",
             **extra_env,
-        }
+        )
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
