@@ -68,6 +68,7 @@ async def test_manifest_points_every_url_at_the_events_endpoint(tmp_path: Path) 
         "message.im",
         "/tutor",
         "agent_view",
+        "tutor_reset_thread",
     ):
         assert needed in out
 

@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 
 from tests.conftest import Bot, BotFactory
-from tests.slack_payloads import as_json, envelope, mention, signed_headers
+from tests.fakes import wait_for
+from tests.slack_payloads import CHANNEL, as_json, envelope, mention, new_ts, signed_headers
 
 
 async def test_bad_signature_gets_401_and_stores_nothing(bot: Bot) -> None:
@@ -65,3 +66,29 @@ async def test_healthz_is_503_without_database(start_bot: BotFactory, tmp_path: 
     async with bot.http.get(f"{bot.url}/healthz") as response:
         assert response.status == 503
         assert (await response.json())["database"] == "unreachable"
+
+
+async def test_socket_mode_when_app_token_is_set(start_bot: BotFactory) -> None:
+    """With SLACK_APP_TOKEN the app connects out over Socket Mode: no signatures, no public URL."""
+    bot = await start_bot(slack_app_token="xapp-test-token", slack_signing_secret=None)
+    await wait_for(lambda: bot.slack.sockets, message="never connected over Socket Mode")
+    # No HTTP endpoint for Slack in Socket Mode; health stays.
+    async with bot.http.post(f"{bot.url}/slack/events", data=b"{}") as response:
+        assert response.status == 404
+    async with bot.http.get(f"{bot.url}/healthz") as response:
+        assert response.status == 200
+
+    ts = new_ts()
+    await bot.slack.socket_send(
+        {
+            "envelope_id": "env-1",
+            "type": "events_api",
+            "accepts_response_payload": False,
+            "retry_attempt": 0,
+            "retry_reason": "",
+            "payload": mention("What is 6 * 7?", ts=ts),
+        }
+    )
+    await wait_for(lambda: {"envelope_id": "env-1"} in bot.slack.socket_acks, message="envelope not acked")
+    await wait_for(lambda: bot.slack.messages(CHANNEL, ts), message="no answer over Socket Mode")
+    assert bot.slack.calls("apps.connections.open")[0].bearer == "xapp-test-token"

@@ -12,6 +12,7 @@ Selectors for ``calls()``, ``fail_next()`` and ``delay_next()``: a Web API metho
 from __future__ import annotations
 
 import copy
+import json
 import mimetypes
 import time
 from collections.abc import Awaitable, Callable
@@ -112,6 +113,10 @@ class FakeSlack(FakeServer):
     ) -> None:
         super().__init__()
         self.bot_token = bot_token
+        self.app_token = "xapp-test-token"
+        #: Open Socket Mode connections, and the acks the app sent over them.
+        self.sockets: list[web.WebSocketResponse] = []
+        self.socket_acks: list[dict[str, Any]] = []
         self.bot_user_id = bot_user_id
         self.bot_id = bot_id
         self.team_id = team_id
@@ -318,12 +323,32 @@ class FakeSlack(FakeServer):
         app.router.add_get("/files-pri/{team_file}/download/{name}", self._download)
         app.router.add_get("/files-pri/{team_file}/{name}", self._download)
         app.router.add_post("/response_url/{name:.*}", self._response_url)
+        app.router.add_get("/socket", self._socket)
+
+    # -- Socket Mode: apps.connections.open with the app token, then a WebSocket ----------------
+
+    async def _socket(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self.sockets.append(ws)
+        await ws.send_json({"type": "hello", "num_connections": len(self.sockets), "debug_info": {}})
+        async for msg in ws:
+            if msg.type == web.WSMsgType.TEXT:
+                self.socket_acks.append(json.loads(msg.data))
+        self.sockets.remove(ws)
+        return ws
+
+    async def socket_send(self, envelope: dict[str, Any]) -> None:
+        """Deliver a Socket Mode envelope (events_api, slash_commands, interactive) to the app."""
+        await self.sockets[0].send_json(envelope)
 
     async def _api(self, request: web.Request) -> web.StreamResponse:
         rec = recorded(request)
         method = request.match_info["method"]
         args = rec.args
         token = rec.bearer or args.get("token")
+        if method == "apps.connections.open" and token == self.app_token:
+            return web.json_response({"ok": True, "url": f"ws://127.0.0.1:{self.port}/socket"})
         if token != self.bot_token:
             return web.json_response({"ok": False, "error": "invalid_auth"})
         handler = self._methods.get(method)
