@@ -161,6 +161,7 @@ class Poller:
             run,
             status="polling",
             response_id=started.response_id,
+            attempts=0,  # retries are counted per step
             next_attempt_at=self._later(self._interval),
         )
 

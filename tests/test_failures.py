@@ -44,6 +44,12 @@ async def test_quota_exhausted_is_one_clear_sentence(bot: Bot, caplog: pytest.Lo
         assert secret not in caplog.text
         assert secret not in text
 
+    # The process keeps serving: the next question is answered.
+    other = new_ts()
+    await bot.send(mention("And now?", ts=other))
+    await wait_for(lambda: bot.slack.messages(CHANNEL, other))
+    assert "3x = 3" in bot.slack.messages(CHANNEL, other)[0]["text"]
+
 
 async def test_rate_limit_on_create_is_retried_after_retry_after(bot: Bot) -> None:
     bot.openai.fail_next(

@@ -50,7 +50,8 @@ def parse_question(body: dict[str, Any], *, bot_user_id: str | None) -> Question
     else:
         key = reply_to = thread_ts or ts
     return Question(
-        team_id=str(event.get("team") or body.get("team_id") or ""),
+        # The workspace the app is installed in; in a Slack Connect channel event.team may be another org.
+        team_id=str(body.get("team_id") or event.get("team") or ""),
         channel_id=channel,
         message_ts=ts,
         thread_key=key,
