@@ -15,7 +15,6 @@ from db.models import ChannelSettings, Cleanup, Delivery, Profile, Run, ThreadFi
 
 #: Statuses of a run that still needs a worker.
 ACTIVE_STATUSES = ("queued", "creating", "unknown", "polling", "replying")
-FINISHED_STATUSES = ("done", "failed")
 
 
 def _insert(session: AsyncSession, table: Any) -> Any:
@@ -246,11 +245,6 @@ async def start_delivery(session: AsyncSession, *, run_id: int, key: str) -> tup
     delivery = await get_delivery(session, run_id=run_id, key=key)
     assert delivery is not None
     return delivery, created
-
-
-async def runs_of_thread(session: AsyncSession, *, thread_id: int) -> Sequence[Run]:
-    query = select(Run).where(Run.thread_id == thread_id).order_by(Run.message_ts)
-    return (await session.scalars(query)).all()
 
 
 async def forget_threads(session: AsyncSession, *, threads: Sequence[TutorThread]) -> int:
