@@ -252,5 +252,5 @@ async def test_reset_ack_is_fast_even_when_openai_deletes_hang(bot: Bot) -> None
     bot.openai.delay_next("DELETE", 10.0, times=5)
     began = time.monotonic()
     answer = await _command(bot, "reset")
-    assert time.monotonic() - began < 1.0
+    assert time.monotonic() - began < 2.5  # the deletes hang for 10 s
     assert answer.startswith("Reset 1 tutor thread")
