@@ -6,6 +6,8 @@ else raises them and logs the cause once.
 
 from __future__ import annotations
 
+import re
+
 
 class TutorError(Exception):
     """Base class: `user_message` is shown in the thread as is."""
@@ -22,8 +24,7 @@ class TutorError(Exception):
     @property
     def code(self) -> str:
         """Stable short name stored on the run row."""
-        name = type(self).__name__
-        return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
+        return re.sub(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", type(self).__name__).lower()
 
 
 class QuotaExhausted(TutorError):

@@ -254,3 +254,33 @@ async def test_reset_ack_is_fast_even_when_openai_deletes_hang(bot: Bot) -> None
     answer = await _command(bot, "reset")
     assert time.monotonic() - began < 2.5  # the deletes hang for 10 s
     assert answer.startswith("Reset 1 tutor thread")
+
+
+async def test_deletes_that_fail_are_retried_later(bot: Bot) -> None:
+    from sqlalchemy import select, update
+
+    from db.models import Cleanup, utcnow
+
+    await _ask(bot, "Something to forget")
+    conversation = bot.openai.calls("POST /v1/responses$")[0].json["conversation"]
+    down = {"error": {"message": "down", "type": "server_error", "code": None}}
+    bot.openai.fail_next(f"DELETE /v1/conversations/{conversation}", status=503, body=down, times=4)
+    await _command(bot, "reset")
+
+    async def failed_once() -> list[Cleanup]:
+        async with bot.components.sessions() as session:
+            rows = (await session.scalars(select(Cleanup).where(Cleanup.kind == "conversation"))).all()
+        return [r for r in rows if r.last_error == "open_ai_unavailable" and r.done_at is None]
+
+    (row,) = await wait_for(failed_once, message="the failed delete was not recorded for a retry")
+    assert row.next_attempt_at > utcnow()  # backed off, not dropped
+    async with bot.components.sessions.begin() as session:  # fast-forward the backoff
+        await session.execute(update(Cleanup).where(Cleanup.id == row.id).values(next_attempt_at=utcnow()))
+    bot.components.poller.wake()
+
+    async def done() -> bool:
+        async with bot.components.sessions() as session:
+            return (await session.get(Cleanup, row.id)).done_at is not None  # type: ignore[union-attr]
+
+    await wait_for(done, message="the delete was never retried")
+    assert bot.openai.calls(f"DELETE /v1/conversations/{conversation}")[-1].status == 200
