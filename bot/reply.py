@@ -85,6 +85,31 @@ class Replier:
     async def deliver(self, run: Run, reply: ModelReply | None) -> None:
         """Post the answer (or the one-sentence error) and every chart of `run`."""
         place = place_of(run)
+        await self._tell_rejected_files(run, place)
+        failure = errors.from_code(run.error_code, run.error_message or "") if run.error_code else None
+        if failure is None and reply is not None:
+            failure = await self._answer(run, place, reply)
+        if failure is not None:
+            await self._post_once(run, place, "error", failure.user_message)
+        if place.thread_ts is None:
+            await self._slack.show_status(place, "", message_ts=run.message_ts)
+
+    async def _answer(self, run: Run, place: Place, reply: ModelReply) -> errors.TutorError | None:
+        """The model's text (with a Start over button) and its files; the failure to tell, if any."""
+        failure = reply.failure()
+        text = reply.text if failure is None else ""
+        if reply.status == "incomplete" and reply.text.strip():
+            text, failure = f"{reply.text}\n\n{CUT_OFF_NOTE}", None
+        charts = await self._charts(run, reply)
+        parts = format_reply(text, {chart.filename: chart.title for chart in charts}) if text.strip() else []
+        for index, part in enumerate(parts):
+            blocks = _with_start_over(part, run) if index == len(parts) - 1 else None
+            await self._post_once(run, place, f"text:{index}", part, blocks=blocks)
+        for chart in charts:
+            await self._upload_once(run, place, chart)
+        return failure
+
+    async def _tell_rejected_files(self, run: Run, place: Place) -> None:
         for file in await self._files_of(run):
             if file.status == "rejected":
                 notice = errors.file_error(
@@ -94,32 +119,12 @@ class Replier:
                     type=type_label(file.filetype, file.name, file.mimetype),
                 )
                 await self._post_once(run, place, f"file:{file.slack_file_id}", notice.user_message)
-        failure = errors.from_code(run.error_code, run.error_message or "") if run.error_code else None
-        if failure is None and reply is not None:
-            charts = await self._charts(run, reply)
-            failure = reply.failure()
-            text = reply.text if failure is None or reply.status == "incomplete" else ""
-            if reply.status == "incomplete" and reply.text.strip():
-                text = f"{text}\n\n{CUT_OFF_NOTE}"
-                failure = None
-            uploaded = {chart.filename: chart.title for chart in charts}
-            parts = format_reply(text, uploaded) if text.strip() else []
-            for index, part in enumerate(parts):
-                last = index == len(parts) - 1
-                blocks = _with_start_over(part, run) if last else None
-                await self._post_once(run, place, f"text:{index}", part, blocks=blocks)
-            for chart in charts:
-                await self._upload_once(run, place, chart)
-        if failure is not None:
-            await self._post_once(run, place, "error", failure.user_message)
-        if place.thread_ts is None:
-            await self._slack.show_status(place, "", message_ts=run.message_ts)
 
     async def reset_notice(self, run: Run) -> None:
         await self._post_once(run, place_of(run), "reset", RESET_NOTICE)
 
     async def _charts(self, run: Run, reply: ModelReply) -> list[ChartUpload]:
-        """Cited files in citation order, then image files the code saved without citing them."""
+        """Cited files in citation order, then files the code wrote during the run without citing them."""
         refs = list(reply.charts)
         container_ids = {ref.container_id for ref in refs}
         if run.create_started_at is not None and reply.ran_code:
