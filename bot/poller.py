@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -56,25 +56,40 @@ class Poller:
         self._settings = settings
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._wakeup = asyncio.Event()
+        self._cleanup_wakeup = asyncio.Event()
         self._lease = timedelta(seconds=settings.tutor_lease_seconds)
 
     def wake(self) -> None:
-        """Look for work now (a question was just stored in this process)."""
+        """Look for work now (a question or a reset was just stored in this process)."""
         self._wakeup.set()
+        self._cleanup_wakeup.set()
 
     async def run_forever(self) -> None:
         log.info("run-poller %s started", self.owner)
+        cleaner = asyncio.create_task(self._clean_forever(), name="openai-cleanup")
+        try:
+            await self._loop(self.tick, self._wakeup)
+        finally:
+            cleaner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await cleaner
+
+    async def _clean_forever(self) -> None:
+        """Deletions after resets run beside the runs, so a hanging OpenAI delete delays no answer."""
+        await self._loop(self._clean_up, self._cleanup_wakeup)
+
+    async def _loop(self, work: Callable[[], Awaitable[int]], wakeup: asyncio.Event) -> None:
         idle = self._settings.tutor_poll_interval / 2
         while True:
             try:
-                busy = await self.tick()
+                busy = await work()
             except Exception:
-                log.exception("run-poller tick failed; retrying")
+                log.exception("run-poller: %s failed; retrying", work.__name__)
                 busy = 0
             if not busy:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), timeout=idle)
-                self._wakeup.clear()
+                    await asyncio.wait_for(wakeup.wait(), timeout=idle)
+                wakeup.clear()
 
     async def tick(self) -> int:
         """Claim what is due and drive each claimed run one step; returns how many."""
@@ -85,10 +100,11 @@ class Poller:
             )
         if runs:
             await asyncio.gather(*(self._drive(run) for run in runs))
-        return len(runs) + await self._clean_up(now)
+        return len(runs)
 
-    async def _clean_up(self, now: datetime) -> int:
-        """Delete what resets left at OpenAI; best effort, retried with backoff, never blocking a reply."""
+    async def _clean_up(self) -> int:
+        """Delete what resets left at OpenAI; best effort, retried with backoff."""
+        now = utcnow()
         async with self._sessions.begin() as session:
             due = await repo.claim_cleanups(session, now=now, retry_at=now + CLEANUP_RETRY, limit=CLAIM_BATCH)
         for cleanup in due:

@@ -254,6 +254,11 @@ async def test_reset_ack_is_fast_even_when_openai_deletes_hang(bot: Bot) -> None
     answer = await _command(bot, "reset")
     assert time.monotonic() - began < 2.5  # the deletes hang for 10 s
     assert answer.startswith("Reset 1 tutor thread")
+    # Hanging deletes don't hold up answers either.
+    await wait_for(lambda: bot.openai.calls("DELETE"), message="no delete attempted")
+    began = time.monotonic()
+    await _ask(bot, "Still there?")
+    assert time.monotonic() - began < 5.0
 
 
 async def test_deletes_that_fail_are_retried_later(bot: Bot) -> None:
