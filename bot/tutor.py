@@ -163,19 +163,12 @@ class Tutor:
     async def channel_status(self, *, team_id: str, channel_id: str) -> ChannelStatus:
         async with self._sessions() as session:
             channel = await repo.get_channel_settings(session, team_id=team_id, channel_id=channel_id)
-            profile = (
-                await session.get(Profile, channel.profile_id) if channel and channel.profile_id else None
-            )
-            profile = profile or await repo.get_profile(session, slug=DEFAULT_PROFILE)
+            profile = await self._profile(session, channel.profile_id if channel else None)
             threads = await repo.threads_in_channel(session, team_id=team_id, channel_id=channel_id)
-            files = 0
-            for thread in threads:
-                files += sum(
-                    f.status == "ready" for f in await repo.files_of_thread(session, thread_id=thread.id)
-                )
+            files = await repo.count_ready_files(session, team_id=team_id, channel_id=channel_id)
         return ChannelStatus(
-            profile_name=profile.name if profile else "Math Tutor",
-            model=(profile.model if profile else None) or self._settings.tutor_model,
+            profile_name=profile.name,
+            model=profile.model or self._settings.tutor_model,
             active_threads=sum(t.conversation_id is not None for t in threads),
             auto_analysis=bool(channel and channel.auto_analyse),
             files=files,
@@ -228,8 +221,10 @@ class Tutor:
         async with self._sessions() as session:
             thread = await session.get(TutorThread, run.thread_id)
             assert thread is not None
-            profile = await self._profile(session, run, thread)
             channel = await repo.get_channel_settings(session, team_id=run.team_id, channel_id=run.channel_id)
+            # The run's own (file analyses), the thread's, the channel's choice, or the math tutor.
+            chosen = run.profile_id or thread.profile_id or (channel.profile_id if channel else None)
+            profile = await self._profile(session, chosen)
         first_turn = thread.conversation_id is None
         conversation_id = thread.conversation_id or await self._new_conversation(thread, profile)
         if first_turn and run.reply_thread_ts and run.channel_id.startswith("D"):
@@ -301,12 +296,9 @@ class Tutor:
             thread = await session.get(TutorThread, run.thread_id)
             return thread.conversation_id if thread else None
 
-    async def _profile(self, session: AsyncSession, run: Run, thread: TutorThread) -> Profile:
-        """The run's own (file analyses), the thread's, the channel's choice, or the math tutor."""
-        channel = await repo.get_channel_settings(
-            session, team_id=thread.team_id, channel_id=thread.channel_id
-        )
-        profile_id = run.profile_id or thread.profile_id or (channel.profile_id if channel else None)
+    @staticmethod
+    async def _profile(session: AsyncSession, profile_id: int | None) -> Profile:
+        """That profile, or the math tutor."""
         profile = await session.get(Profile, profile_id) if profile_id else None
         profile = profile or await repo.get_profile(session, slug=DEFAULT_PROFILE)
         if profile is None:

@@ -309,3 +309,15 @@ async def recent_threads_of_user(
 
 async def all_profiles(session: AsyncSession) -> Sequence[Profile]:
     return (await session.scalars(select(Profile).order_by(Profile.id))).all()
+
+
+async def count_ready_files(session: AsyncSession, *, team_id: str, channel_id: str) -> int:
+    """Files the channel's tutor threads hold at OpenAI."""
+    query = (
+        select(func.count(ThreadFile.id))
+        .join(TutorThread, TutorThread.id == ThreadFile.thread_id)
+        .where(
+            TutorThread.team_id == team_id, TutorThread.channel_id == channel_id, ThreadFile.status == "ready"
+        )
+    )
+    return int(await session.scalar(query) or 0)

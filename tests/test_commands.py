@@ -137,12 +137,14 @@ async def test_help_status_and_unknown(bot: Bot) -> None:
     assert unknown.startswith("unknown command: frobnicate") and "/tutor reset" in unknown
 
     await _ask(bot, "Status check")
+    await bot.send(file_share("<@U0TUTORBOT> what's in here?", [_csv(bot)]))
+    await bot.wait_runs_finished(2)
     status = await _command(bot, "status")
     assert "*Profile:* Math Tutor" in status
     assert "`gpt-6-luna`" in status
-    assert "*Active tutor threads:* 1" in status
+    assert "*Active tutor threads:* 2" in status
     assert "*Auto analysis of shared spreadsheets:* off" in status
-    assert "*Files held:* 0" in status
+    assert "*Files held:* 1" in status
 
 
 async def test_profile_switch_changes_what_openai_receives(bot: Bot) -> None:
