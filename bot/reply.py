@@ -90,7 +90,8 @@ class Replier:
         if failure is None and reply is not None:
             failure = await self._answer(run, place, reply)
         if failure is not None:
-            await self._post_once(run, place, "error", failure.user_message)
+            sentence = failure.user_message
+            await self._post_once(run, place, "error", sentence, blocks=_with_start_over(sentence, run))
         if place.thread_ts is None:
             await self._slack.show_status(place, "", message_ts=run.message_ts)
 

@@ -35,6 +35,8 @@ async def test_quota_exhausted_is_one_clear_sentence(bot: Bot, caplog: pytest.Lo
         await bot.send(mention("Solve x^2 = 4", ts=ts))
         text = await _only_reply(bot, ts)
     assert text == errors.QuotaExhausted.user_message
+    (post,) = bot.slack.messages(CHANNEL, ts)
+    assert post["blocks"][-1]["elements"][0]["action_id"] == "tutor_start_over"
     # Billing errors are not retried: exactly one create reached OpenAI.
     assert len(bot.openai.calls("POST /v1/responses$")) == 1
     (run,) = await bot.runs()
