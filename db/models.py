@@ -132,6 +132,8 @@ class Run(Base):
     response_id: Mapped[str | None] = mapped_column(String(128))
     create_started_at: Mapped[datetime | None]
     status_shown_at: Mapped[datetime | None]
+    #: When the current step first failed (None while it succeeds): retries stop at a deadline from here.
+    failing_since: Mapped[datetime | None]
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
