@@ -90,6 +90,20 @@ class Refused(TutorError):
     user_message = "I can't help with that request."
 
 
+class InternalError(TutorError):
+    """A fault of our own (database, a bug): not OpenAI's, so not blamed on it."""
+
+    user_message = "Something went wrong on my side while answering. Please try again in a minute."
+    retryable = True
+
+
+class EmptyQuestion(TutorError):
+    user_message = (
+        "What would you like to ask? Write your question after the mention, "
+        "e.g. `@tutor How do I solve 3x + 11 = 14?`"
+    )
+
+
 class SlackDeliveryFailed(TutorError):
     user_message = "I couldn't post my answer in this thread."
     retryable = True
@@ -125,6 +139,13 @@ class FileUnreadable(FileError):
     template = (
         "I couldn't read `{name}`. It may be corrupt, or not the kind of file its name says. "
         "Please check it and share it again."
+    )
+
+
+class FileSizeMismatch(FileError):
+    template = (
+        "`{name}` turned out larger than Slack said it was, so I stopped downloading it. "
+        "Please share it again."
     )
 
 
