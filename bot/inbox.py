@@ -4,11 +4,18 @@ Concurrent requests share one transaction ("group commit"): the first request to
 starts a write, and whatever arrives meanwhile goes into the next one. Every caller still
 waits for the commit that holds its question, so nothing is acked before it is stored; the
 database sees a handful of statements per batch instead of per event.
+
+One bad question must not fail the others in its batch: what the database can't hold (NUL
+bytes, lone surrogates, names longer than their column) is cleaned before the write, a
+question with an impossible id is refused on its own, and a batch that fails anyway for its
+content is written again one question at a time. A database outage fails every caller, so
+Slack hears an error and retries.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import uuid
@@ -16,11 +23,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import ColumnElement, exc
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.files import SharedFile
 from db import repo
-from db.models import TutorThread
+from db.models import Run, ThreadFile, TutorThread
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +96,10 @@ class _Plan:
     runs: list[tuple[Question, str]] = field(default_factory=list)
 
 
+class UnstorableQuestion(ValueError):
+    """The question carries what no Slack message can (an id too long, a NUL in an id)."""
+
+
 class Inbox:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
@@ -96,7 +108,13 @@ class Inbox:
         self._writer: asyncio.Task[None] | None = None
 
     async def store(self, question: Question) -> bool:
-        """Durably queue a run for `question`; False if it isn't for the tutor or is a duplicate."""
+        """Durably queue a run for `question`; False if it isn't for the tutor, is a duplicate, or
+        can't be stored at all (logged). Raises when the database is unavailable."""
+        try:
+            question = storable(question)
+        except UnstorableQuestion as problem:
+            _log_refused(question, str(problem))
+            return False
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._pending.append((question, future))
         if self._writer is None or self._writer.done():
@@ -106,16 +124,38 @@ class Inbox:
     async def _write_all(self) -> None:
         while self._pending:
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-            try:
-                stored = await self._write(q for q, _ in batch)
-            except Exception as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for question, future in batch:
-                if not future.done():
-                    future.set_result(question.key in stored)
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[tuple[Question, asyncio.Future[bool]]]) -> None:
+        try:
+            stored = await self._write(q for q, _ in batch)
+        except Exception as failure:
+            if len(batch) > 1 and not is_outage(failure):
+                log.warning(
+                    "%d questions failed together (%s); storing them one by one", len(batch), _brief(failure)
+                )
+                for item in batch:
+                    await self._commit([item])
+                return
+            self._fail(batch, failure)
+            return
+        for question, future in batch:
+            if not future.done():
+                future.set_result(question.key in stored)
+
+    @staticmethod
+    def _fail(batch: list[tuple[Question, asyncio.Future[bool]]], failure: Exception) -> None:
+        """A question the database refuses for its content is dropped (Slack must not retry it
+        forever); any other failure is the caller's to report, so Slack retries."""
+        if len(batch) == 1 and is_bad_input(failure):
+            question, future = batch[0]
+            _log_refused(question, _brief(failure))
+            if not future.done():
+                future.set_result(False)
+            return
+        for _, future in batch:
+            if not future.done():
+                future.set_exception(failure)
 
     async def _write(self, questions: Iterable[Question]) -> set[tuple[str, str, str]]:
         unique: dict[tuple[str, str, str], Question] = {}
@@ -218,15 +258,135 @@ def run_row(q: Question, *, kind: str, thread_id: int, profile_id: int | None) -
 
 
 def _file_row(file: SharedFile, q: Question, thread_id: int, run_id: int) -> dict[str, Any]:
+    columns = ThreadFile.__table__.c
     return {
         "thread_id": thread_id,
         "run_id": run_id,
         "team_id": q.team_id,
         "slack_file_id": file.id,
-        "name": file.name[:255],
-        "mimetype": file.mimetype[:128],
-        "filetype": file.filetype[:32],
+        "name": _fit(file.name, columns.name),
+        "mimetype": _fit(file.mimetype, columns.mimetype),
+        "filetype": _fit(file.filetype, columns.filetype),
         "size": file.size,
         "slack_meta": file.meta,
         "status": "pending",
     }
+
+
+#: NUL is refused by PostgreSQL text; lone surrogates can't be encoded as UTF-8 at all.
+_UNHOLDABLE = re.compile("[\x00\ud800-\udfff]")
+#: Question fields that are Slack ids, and the column each is stored in.
+_ID_COLUMNS: dict[str, ColumnElement[Any]] = {
+    "team_id": Run.__table__.c.team_id,
+    "channel_id": Run.__table__.c.channel_id,
+    "message_ts": Run.__table__.c.message_ts,
+    "thread_key": TutorThread.__table__.c.thread_ts,
+    "reply_thread_ts": Run.__table__.c.reply_thread_ts,
+    "user_id": Run.__table__.c.user_id,
+}
+#: SQLSTATE classes of a refusal caused by the data: data exception, integrity violation.
+_BAD_INPUT_STATES = ("22", "23")
+#: SQLSTATE classes of an unavailable database: connection, resources, operator, system.
+_OUTAGE_STATES = ("08", "53", "57", "58")
+
+
+def clean_text(text: str) -> str:
+    """`text` without NUL bytes, and with U+FFFD for lone surrogates."""
+    return _UNHOLDABLE.sub(lambda m: "" if m.group() == "\x00" else "\ufffd", text)
+
+
+def _clean_json(value: Any) -> Any:
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean_text(str(k)): _clean_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean_json(v) for v in value]
+    return value
+
+
+def _fit(text: str, column: ColumnElement[Any]) -> str:
+    length: int | None = getattr(column.type, "length", None)
+    return text[:length] if length else text
+
+
+def _valid_id(value: str, column: ColumnElement[Any]) -> bool:
+    length: int | None = getattr(column.type, "length", None)
+    return _UNHOLDABLE.search(value) is None and (length is None or len(value) <= length)
+
+
+def storable(q: Question) -> Question:
+    """`q` as the database can hold it: free text cleaned, names cut to their columns, files
+    with impossible ids left out. Raises UnstorableQuestion when one of its own ids is
+    impossible, since no real Slack message has it."""
+    ids: dict[str, Any] = {}
+    for name, column in _ID_COLUMNS.items():
+        value = getattr(q, name)
+        if value is None:
+            continue
+        ids[name] = value = str(value)
+        if not _valid_id(value, column):
+            raise UnstorableQuestion(f"{name} is not a Slack id ({len(value)} characters)")
+    event_id = None if q.event_id is None else str(q.event_id)
+    if event_id is not None and not _valid_id(event_id, Run.__table__.c.event_id):
+        event_id = None  # only bookkeeping: the question is still good
+    return dataclasses.replace(
+        q, **ids, text=clean_text(str(q.text)), event_id=event_id, files=tuple(_storable_files(q))
+    )
+
+
+def _storable_files(q: Question) -> Iterable[SharedFile]:
+    for file in q.files:
+        if not _valid_id(file.id, ThreadFile.__table__.c.slack_file_id):
+            log.warning("file with an impossible id left out of %s/%s", q.channel_id[:40], q.message_ts[:40])
+            continue
+        yield dataclasses.replace(
+            file,
+            name=clean_text(file.name),
+            filetype=clean_text(file.filetype),
+            mimetype=clean_text(file.mimetype),
+            meta=_clean_json(file.meta),
+        )
+
+
+def is_bad_input(failure: BaseException) -> bool:
+    """Did the database (or its driver) refuse the data itself, rather than fail?"""
+    if isinstance(failure, ValueError | TypeError | OverflowError | exc.IntegrityError | exc.DataError):
+        return True
+    if not isinstance(failure, exc.DBAPIError):
+        return False
+    driver = failure.orig
+    if isinstance(driver, ValueError | TypeError | OverflowError) or isinstance(
+        getattr(driver, "__cause__", None), ValueError | TypeError | OverflowError
+    ):
+        return True  # e.g. asyncpg's client-side "invalid input for query argument"
+    return str(getattr(driver, "sqlstate", "") or "").startswith(_BAD_INPUT_STATES)
+
+
+def is_outage(failure: BaseException) -> bool:
+    """Is the database unreachable or unwell, so that no question could be stored now?"""
+    if is_bad_input(failure):
+        return False
+    if isinstance(failure, OSError | TimeoutError | exc.TimeoutError | exc.DisconnectionError):
+        return True
+    if isinstance(failure, exc.DBAPIError):
+        if failure.connection_invalidated or isinstance(failure, exc.OperationalError | exc.InterfaceError):
+            return True
+        return str(getattr(failure.orig, "sqlstate", "") or "").startswith(_OUTAGE_STATES)
+    return False
+
+
+def _brief(failure: BaseException) -> str:
+    """One line about a failure; never the statement's parameters (they hold the question)."""
+    detail = failure.orig if isinstance(failure, exc.DBAPIError) else failure
+    lines = str(detail).splitlines() or [""]
+    return f"{type(failure).__name__}: {lines[0][:200]}"
+
+
+def _log_refused(q: Question, reason: str) -> None:
+    log.warning(
+        "question %r/%r not stored, Slack is told it was: %s",
+        str(q.channel_id)[:40],
+        str(q.message_ts)[:40],
+        reason,
+    )
