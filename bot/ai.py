@@ -111,15 +111,21 @@ class RunRequest:
 class OpenAIGateway:
     """Async facade over the OpenAI SDK with the retry policy openai.md §9 asks for."""
 
-    def __init__(self, *, api_key: str, base_url: str | None = None, max_retries: int = 3) -> None:
+    def __init__(
+        self, *, api_key: str, base_url: str | None = None, max_retries: int = 1, timeout: float = 10.0
+    ) -> None:
+        # Deadlines fit the call: a retrieve or a list is quick or it is an outage, and the poller
+        # retries it later; only uploads of large files get minutes.
         self._client = AsyncOpenAI(
             api_key=api_key,
             base_url=base_url,
             max_retries=max_retries,
-            timeout=openai.Timeout(60.0, connect=5.0),
+            timeout=openai.Timeout(timeout, connect=min(5.0, timeout)),
         )
+        self._timeout = timeout
         # POST /responses carries no idempotency key: an SDK retry could start a second run.
-        self._create_client = self._client.with_options(max_retries=0, timeout=30.0)
+        # A background create only enqueues the run.
+        self._create_client = self._client.with_options(max_retries=0, timeout=2 * timeout)
 
     async def close(self) -> None:
         await self._client.close()
@@ -149,6 +155,7 @@ class OpenAIGateway:
                 name=name[:200],
                 expires_after={"anchor": "last_active_at", "minutes": CONTAINER_IDLE_MINUTES},
                 file_ids=list(file_ids),
+                timeout=6 * self._timeout,  # copies the thread's files into the new sandbox
             )
         except openai.OpenAIError as exc:
             raise _translate(exc, "containers.create") from None
@@ -254,7 +261,9 @@ class OpenAIGateway:
 
     async def download_container_file(self, container_id: str, file_id: str) -> bytes:
         try:
-            content = await self._client.containers.files.content.retrieve(file_id, container_id=container_id)
+            content = await self._client.containers.files.content.retrieve(
+                file_id, container_id=container_id, timeout=max(60.0, self._timeout)
+            )
         except openai.OpenAIError as exc:
             raise _translate(exc, "containers.files.content") from None
         return content.content

@@ -53,9 +53,20 @@ class Settings(DatabaseSettings):
     tutor_lease_seconds: float = Field(default=30.0, gt=0, le=60)
     #: A response still running after this long is cancelled and the user told.
     tutor_run_timeout: float = Field(default=900.0, gt=0)
-    #: After an ambiguous create, how long to look for the answer before creating again.
-    tutor_reconcile_window: float = Field(default=900.0, ge=0)
+    #: Creates (and retries of any other failing step) before the user is told.
     tutor_max_attempts: int = Field(default=6, ge=1)
+    #: Deadline of an ordinary OpenAI call (retrieve, list); a create gets twice as long.
+    tutor_openai_timeout: float = Field(default=10.0, gt=0)
+    #: Runs one worker drives at once; a slow run holds one slot, never the others.
+    tutor_worker_concurrency: int = Field(default=32, ge=1)
+    #: Longest pause between two retries of a failing step.
+    tutor_retry_backoff_cap: float = Field(default=30.0, gt=0)
+    #: Delivery to Slack is retried this long (outages) before the answer is given up.
+    tutor_delivery_deadline: float = Field(default=1800.0, gt=0)
+    #: A question still retrying after this long gets "OpenAI is slow to answer, still trying…".
+    tutor_slow_notice: float = Field(default=45.0, gt=0)
+    #: On SIGTERM, runs not finished within this long are released to the next worker.
+    tutor_shutdown_grace: float = Field(default=3.0, ge=0)
     #: Shared files above this size get a clear sentence and are not downloaded.
     tutor_max_file_mb: int = Field(default=50, ge=1, le=512)
 

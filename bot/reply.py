@@ -33,6 +33,7 @@ RESET_NOTICE = (
     "or share a file to analyse."
 )
 CUT_OFF_NOTE = "_(My answer was cut off. Ask me to continue.)_"
+SLOW_NOTICE = "OpenAI is slow to answer, still trying…"
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,10 @@ class Replier:
 
     async def reset_notice(self, run: Run) -> None:
         await self._post_once(run, place_of(run), "reset", RESET_NOTICE)
+
+    async def notify(self, run: Run, key: str, text: str) -> None:
+        """A one-off notice in the run's thread (posted once per run and key)."""
+        await self._post_once(run, place_of(run), key, text)
 
     async def _charts(self, run: Run, reply: ModelReply) -> list[ChartUpload]:
         """Cited files in citation order, then files the code wrote during the run without citing them."""

@@ -40,6 +40,11 @@ FINAL_ERRORS = frozenset(
     }
 )
 DISPLAY_NAME_TTL = 3600.0
+#: Deadline of one Web API request: a hung Slack holds one run, not the worker, and the replier
+#: retries after looking for what landed.
+CALL_TIMEOUT = 15
+#: Cosmetic calls (status, title, display name) never hold up an answer longer than this.
+COSMETIC_TIMEOUT = 5.0
 
 
 def make_web_client(token: str, base_url: str) -> AsyncWebClient:
@@ -47,6 +52,7 @@ def make_web_client(token: str, base_url: str) -> AsyncWebClient:
     return AsyncWebClient(
         token=token,
         base_url=base_url,
+        timeout=CALL_TIMEOUT,
         retry_handlers=[
             AsyncConnectionErrorRetryHandler(max_retry_count=1),
             AsyncRateLimitErrorRetryHandler(max_retry_count=3),
@@ -86,6 +92,7 @@ class SlackGateway:
         self._post_client = AsyncWebClient(
             token=client.token,
             base_url=client.base_url,
+            timeout=CALL_TIMEOUT,
             retry_handlers=[AsyncRateLimitErrorRetryHandler(max_retry_count=3)],
         )
         self._names: dict[str, tuple[str, float]] = {}
@@ -127,7 +134,12 @@ class SlackGateway:
             call = self.client.conversations_history(
                 channel=place.channel_id, oldest=oldest, include_all_metadata=True, limit=200
             )
-        response = await self._call("conversations.replies", call)
+        try:
+            response = await self._call("conversations.replies", call)
+        except errors.SlackDeliveryFailed as exc:
+            if "thread_not_found" in exc.detail:
+                return None  # nothing was posted there
+            raise
         for message in response.get("messages") or []:
             payload = (message.get("metadata") or {}).get("event_payload") or {}
             if payload.get("delivery") == delivery_key:
@@ -218,19 +230,23 @@ class SlackGateway:
     async def show_status(self, place: Place, status: str, *, message_ts: str) -> None:
         """A visible sign of work: thread status where there is a thread, else a reaction."""
         try:
-            if place.thread_ts:
-                await self.client.assistant_threads_setStatus(
-                    channel_id=place.channel_id, thread_ts=place.thread_ts, status=status
-                )
-            elif status:
-                await self.client.reactions_add(channel=place.channel_id, timestamp=message_ts, name="eyes")
-            else:
-                await self.client.reactions_remove(
-                    channel=place.channel_id, timestamp=message_ts, name="eyes"
-                )
+            async with asyncio.timeout(COSMETIC_TIMEOUT):
+                await self._show_status(place, status, message_ts=message_ts)
         except SlackApiError as exc:
             # Cosmetic: never let it fail a run.
             log.info("status not shown in %s: %s", place.channel_id, exc.response.get("error"))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.info("status not shown in %s: %s", place.channel_id, type(exc).__name__)
+
+    async def _show_status(self, place: Place, status: str, *, message_ts: str) -> None:
+        if place.thread_ts:
+            await self.client.assistant_threads_setStatus(
+                channel_id=place.channel_id, thread_ts=place.thread_ts, status=status
+            )
+        elif status:
+            await self.client.reactions_add(channel=place.channel_id, timestamp=message_ts, name="eyes")
+        else:
+            await self.client.reactions_remove(channel=place.channel_id, timestamp=message_ts, name="eyes")
 
     async def set_suggested_prompts(
         self, channel_id: str, prompts: Sequence[tuple[str, str]], *, thread_ts: str | None = None
@@ -267,18 +283,25 @@ class SlackGateway:
     async def _cosmetic(method: str, call: Any) -> None:
         """Calls whose failure must not fail anything else: logged, not raised."""
         try:
-            await call
+            async with asyncio.timeout(COSMETIC_TIMEOUT):
+                await call
         except SlackApiError as exc:
             log.info("%s failed: %s", method, exc.response.get("error"))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.info("%s failed: %s", method, type(exc).__name__)
 
     async def display_name(self, user_id: str) -> str:
         cached = self._names.get(user_id)
         if cached and cached[1] > time.monotonic():
             return cached[0]
         try:
-            response = await self.client.users_info(user=user_id)
+            async with asyncio.timeout(COSMETIC_TIMEOUT):
+                response = await self.client.users_info(user=user_id)
         except SlackApiError as exc:
             log.info("users.info %s failed: %s", user_id, exc.response.get("error"))
+            return ""
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.info("users.info %s failed: %s", user_id, type(exc).__name__)
             return ""
         user: dict[str, Any] = response.get("user") or {}
         profile: dict[str, Any] = user.get("profile") or {}

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bot import errors
 from bot.ai import OpenAIGateway, RunRequest
 from bot.attach import FileAttacher
 from bot.config import Settings
@@ -221,6 +222,11 @@ class Tutor:
         async with self._sessions() as session:
             thread = await session.get(TutorThread, run.thread_id)
             assert thread is not None
+            shared = [
+                f for f in await repo.files_of_thread(session, thread_id=thread.id) if f.run_id == run.id
+            ]
+            if not run.text.strip() and not shared:
+                raise errors.EmptyQuestion()
             channel = await repo.get_channel_settings(session, team_id=run.team_id, channel_id=run.channel_id)
             # The run's own (file analyses), the thread's, the channel's choice, or the math tutor.
             chosen = run.profile_id or thread.profile_id or (channel.profile_id if channel else None)

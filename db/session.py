@@ -18,6 +18,9 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         event.listen(engine.sync_engine, "begin", _sqlite_begin_immediate)
         return engine
+    # A database that doesn't answer fails a request in seconds (503, retried by Slack), not minutes.
+    kwargs.setdefault("connect_args", {"timeout": 5, "command_timeout": 30})
+    kwargs.setdefault("pool_timeout", 10)
     return create_async_engine(url, pool_pre_ping=True, **kwargs)
 
 

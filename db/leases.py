@@ -1,0 +1,84 @@
+"""Who holds which run: leases, heart-beats, and knowing (not guessing) that a worker is dead.
+
+A lease is the safety net: a worker that stops heart-beating loses its runs when the lease
+expires. On PostgreSQL each worker also holds a session-level advisory lock keyed on its owner
+id for as long as it lives; the server drops the lock the moment the worker's connection dies
+(kill -9, a crash, a lost host), so a rescuer can hand that worker's runs over at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from datetime import datetime
+
+from sqlalchemy import func, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from db.models import Run
+
+#: Statuses of a run that still needs a worker.
+ACTIVE_STATUSES = ("queued", "creating", "unknown", "polling", "replying")
+_LOCK_KEY = "hashtextextended(:owner, 0)"
+
+
+async def extend_leases(
+    session: AsyncSession, *, run_ids: Collection[int], owner: str, lease_until: datetime
+) -> int:
+    """Heart-beat: extend the leases `owner` still holds on these runs; returns how many."""
+    if not run_ids:
+        return 0
+    result = await session.execute(
+        update(Run)
+        .where(Run.id.in_(list(run_ids)), Run.lease_owner == owner)
+        .values(lease_expires_at=lease_until)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def release_leases(
+    session: AsyncSession, *, owners: Collection[str] | None = None, run_ids: Collection[int] | None = None
+) -> int:
+    """Make the runs of these owners (of every owner when None) claimable now, all of them or only
+    `run_ids`; returns how many."""
+    if (owners is not None and not owners) or (run_ids is not None and not run_ids):
+        return 0
+    query = update(Run).where(Run.lease_owner.is_not(None))
+    if owners is not None:
+        query = query.where(Run.lease_owner.in_(list(owners)))
+    if run_ids is not None:
+        query = query.where(Run.id.in_(list(run_ids)))
+    result = await session.execute(
+        query.values(lease_owner=None, lease_expires_at=None).execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def hold_liveness_lock(connection: AsyncConnection, *, owner: str) -> None:
+    """PostgreSQL: hold `owner`'s advisory lock for as long as `connection` lives."""
+    await connection.execute(text(f"SELECT pg_advisory_lock({_LOCK_KEY})"), {"owner": owner})
+    await connection.commit()
+
+
+async def dead_owners(session: AsyncSession, *, me: str, now: datetime) -> list[str]:
+    """PostgreSQL: owners of unexpired leases whose liveness lock nobody holds any more."""
+    owners = (
+        await session.scalars(
+            select(Run.lease_owner)
+            .where(
+                Run.lease_owner.is_not(None),
+                Run.lease_owner != me,
+                Run.lease_expires_at > now,
+                Run.status.in_(ACTIVE_STATUSES),
+            )
+            .group_by(Run.lease_owner)
+        )
+    ).all()
+    dead: list[str] = []
+    for owner in owners:
+        assert owner is not None
+        # A transaction-level try-lock conflicts with the owner's session lock while it lives.
+        free = await session.scalar(select(func.pg_try_advisory_xact_lock(func.hashtextextended(owner, 0))))
+        if free:
+            dead.append(owner)
+    return dead
