@@ -52,7 +52,11 @@ def build(settings: Settings) -> Components:
     sessions = make_sessionmaker(engine)
     client = make_web_client(settings.slack_bot_token.get_secret_value(), settings.slack_api_url)
     slack = SlackGateway(client)
-    ai = OpenAIGateway(api_key=settings.openai_api_key.get_secret_value(), base_url=settings.openai_base_url)
+    ai = OpenAIGateway(
+        api_key=settings.openai_api_key.get_secret_value(),
+        base_url=settings.openai_base_url,
+        timeout=settings.tutor_openai_timeout,
+    )
     tutor = Tutor(sessions=sessions, ai=ai, slack=slack, settings=settings)
     replier = Replier(sessions=sessions, ai=ai, slack=slack, max_file_mb=settings.tutor_max_file_mb)
     poller = Poller(sessions=sessions, tutor=tutor, replier=replier, ai=ai, settings=settings)
