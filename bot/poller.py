@@ -332,7 +332,7 @@ class Poller:
         await self._reply(run, reply)
 
     async def _create(self, run: Run) -> None:
-        again = run.status == "unknown"  # a create before this one may have reached OpenAI
+        again = run.status in ("unknown", "creating")  # an earlier create may have reached OpenAI
         if run.status_shown_at is None:
             await self._tutor.show_working(run)
             await self._save(run, status_shown_at=utcnow(), keep_lease=True)

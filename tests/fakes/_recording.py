@@ -259,6 +259,11 @@ class FakeServer:
             )
         )
 
+    def clear_faults(self) -> None:
+        """The outage is over: forget every pending ``fail_next`` and ``delay_next``."""
+        self._faults.clear()
+        self._delays.clear()
+
     def delay_next(self, name: str, seconds: float, *, times: int = 1) -> None:
         """Sleep ``seconds`` before handling the next ``times`` matching requests (timeouts)."""
         self._delays.append(_Delay(selector=name, seconds=seconds, remaining=times))
