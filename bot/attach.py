@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from typing import Any
+from typing import IO, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot import errors
 from bot.ai import OpenAIGateway
-from bot.files import SharedFile, looks_right, mime_for, type_label
+from bot.files import SharedFile, file_size, looks_right, mime_for, type_label
 from bot.slack_api import SlackGateway
 from db import repo
 from db.models import ThreadFile
@@ -22,6 +22,8 @@ from db.models import ThreadFile
 log = logging.getLogger(__name__)
 
 IN_MEMORY_BYTES = 4 << 20
+#: How far past Slack's announced size a download may run before it is stopped.
+SIZE_MARGIN = 64 << 10
 
 
 class FileAttacher:
@@ -73,20 +75,35 @@ class FileAttacher:
         meta = file.meta
         if meta.get("file_access") == "check_file_info" or not meta.get("url_private_download"):
             meta = await self._slack.file_info(file.id, name=file.name)
-        expected = max(file.size, int(meta.get("size") or 0))
+        expected = max(file.size, file_size(meta.get("size")))
         if expected > self.max_bytes:
             raise errors.FileTooLarge(name=file.name, limit_mb=self.max_bytes >> 20)
         url = str(meta.get("url_private_download") or meta.get("url_private") or "")
         with tempfile.SpooledTemporaryFile(max_size=IN_MEMORY_BYTES) as spool:
-            size = await self._slack.download(url, spool, name=file.name, max_bytes=self.max_bytes)
+            size = await self._download(url, spool, file, expected)
             spool.seek(0)
             head = spool.read(64)
+            if size > expected > 0:
+                raise errors.FileSizeMismatch(f"{size} bytes, {expected} announced", name=file.name)
             if (expected and size != expected) or not looks_right(file.filetype, file.name, head):
                 raise errors.FileUnreadable(f"{size} bytes, expected {expected}", name=file.name)
             spool.seek(0)
             return await self._ai.upload_file(
                 file.name, spool, mime_for(file.filetype, file.name, file.mimetype)
             )
+
+    async def _download(self, url: str, spool: IO[bytes], file: SharedFile, expected: int) -> int:
+        """Download no more than Slack announced (plus a margin), or the cap when it announced nothing:
+        a file that lies about its size must not cost 50 MB of traffic and disk."""
+        limit = min(self.max_bytes, expected + SIZE_MARGIN) if expected else self.max_bytes
+        try:
+            return await self._slack.download(url, spool, name=file.name, max_bytes=limit)
+        except errors.FileTooLarge:
+            if not expected:
+                raise
+            raise errors.FileSizeMismatch(
+                f"more than {limit} bytes, {expected} announced", name=file.name
+            ) from None
 
     async def _save(self, file_id: int, **values: Any) -> None:
         async with self._sessions.begin() as session:

@@ -32,7 +32,22 @@ _MAGIC: dict[str, tuple[bytes, ...]] = {
     "jpeg": (b"\xff\xd8\xff",),
     "gif": (b"GIF87a", b"GIF89a"),
 }
-_HTML_STARTS = (b"<!doctype html", b"<html", b"<head", b"<!--")
+#: How a web page (Slack's sign-in page, an error page) starts, lower-cased, after any BOM and spaces.
+_HTML_STARTS = (
+    b"<!doctype html",
+    b"<html",
+    b"<head",
+    b"<body",
+    b"<script",
+    b"<meta",
+    b"<title",
+    b"<style",
+    b"<noscript",
+    b"<!--",
+)
+_BOM = b"\xef\xbb\xbf"
+#: Sizes beyond this are not a size (BigInteger's limit).
+_MAX_SIZE = (1 << 63) - 1
 
 
 @dataclass(frozen=True)
@@ -48,12 +63,14 @@ class SharedFile:
 
     @classmethod
     def from_slack(cls, obj: dict[str, Any]) -> SharedFile:
+        """The file object as Slack sent it; a field of the wrong type counts as missing."""
+        file_id = _text(obj.get("id"))
         return cls(
-            id=str(obj.get("id") or ""),
-            name=str(obj.get("name") or obj.get("title") or obj.get("id") or "file"),
-            filetype=str(obj.get("filetype") or "").lower(),
-            mimetype=str(obj.get("mimetype") or ""),
-            size=int(obj.get("size") or 0),
+            id=file_id,
+            name=_text(obj.get("name")) or _text(obj.get("title")) or file_id or "file",
+            filetype=_word(obj.get("filetype")).lower(),
+            mimetype=_word(obj.get("mimetype")),
+            size=file_size(obj.get("size")),
             meta=dict(obj),
         )
 
@@ -66,6 +83,31 @@ class SharedFile:
     @property
     def analysable(self) -> bool:
         return file_type(self.filetype, self.name, self.mimetype) in ANALYSABLE
+
+
+def _text(value: object) -> str:
+    """A string field; numbers are taken as their digits, anything else as missing."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return ""
+
+
+def _word(value: object) -> str:
+    """A type field: only a string means anything (a wrong one falls back to the extension)."""
+    return value if isinstance(value, str) else ""
+
+
+def file_size(value: object) -> int:
+    """A file object's `size` in bytes; 0 (unknown) when it isn't a plausible byte count."""
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdecimal():
+        value = int(value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return value if isinstance(value, int) and 0 <= value <= _MAX_SIZE else 0
 
 
 def file_type(filetype: str, name: str, mimetype: str = "") -> str:
@@ -94,7 +136,7 @@ def looks_right(filetype: str, name: str, head: bytes) -> bool:
         return head[:4] == b"RIFF" and head[8:12] == b"WEBP"
     if kind in _MAGIC:
         return head.startswith(_MAGIC[kind])
-    lowered = head.lstrip().lower()
+    lowered = head.lstrip().removeprefix(_BOM).lstrip().lower()
     if lowered.startswith(_HTML_STARTS):
         return False
     return b"\x00" not in head[:1024]  # text formats: no NUL bytes

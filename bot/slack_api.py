@@ -202,7 +202,8 @@ class SlackGateway:
         """Stream a private file into `dest` in chunks; return its size.
 
         Redirects are followed by hand, and only to Slack's file host or the API host, so the
-        token cannot leak. A 200 text/html answer is Slack's sign-in page, not the file.
+        token cannot leak. A 200 text/html answer is Slack's sign-in page, not the file. At
+        most `max_bytes` + 1 bytes are read: one more than that is FileTooLarge.
         """
         http = self._session()
         for _ in range(MAX_REDIRECTS + 1):
@@ -218,11 +219,16 @@ class SlackGateway:
                     raise errors.FileDownloadFailed(f"download answered HTTP {response.status}", name=name)
                 if response.content_type == "text/html":
                     raise errors.FileDownloadFailed("Slack answered with a web page, not the file", name=name)
+                too_large = errors.FileTooLarge(
+                    f"more than {max_bytes} bytes", name=name, limit_mb=max_bytes // (1 << 20)
+                )
+                if (response.content_length or 0) > max_bytes:
+                    raise too_large
                 size = 0
-                async for chunk in response.content.iter_chunked(DOWNLOAD_CHUNK):
+                while chunk := await response.content.read(min(DOWNLOAD_CHUNK, max_bytes + 1 - size)):
                     size += len(chunk)
                     if size > max_bytes:
-                        raise errors.FileTooLarge(name=name, limit_mb=max_bytes // (1 << 20))
+                        raise too_large
                     dest.write(chunk)
                 return size
         raise errors.FileDownloadFailed("too many redirects", name=name)
