@@ -17,7 +17,7 @@ from __future__ import annotations
 import bisect
 import re
 from collections.abc import Callable, Mapping
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 __all__ = [
     "SLACK_CHUNK_LIMIT",
@@ -53,6 +53,10 @@ _PLACEHOLDER = re.compile(f"{_PH_OPEN}(\\d+){_PH_CLOSE}")
 # --------------------------------------------------------------------------------------------
 
 _BARE_AMP = re.compile(r"&(?!(?:amp|lt|gt);)")
+
+
+def _unescape(text: str) -> str:
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 
 
 def escape_mrkdwn(text: str) -> str:
@@ -265,6 +269,13 @@ _MD_LINK = re.compile(
 )
 _LINK_SCHEME = re.compile(r"(?i)^(?:https?|ftp|mailto|tel):")
 _BARE_URL = re.compile(r"(?<![\w/])(?:https?|ftp)://[^\s<>\ue000\ue001]+")
+#: An ``@`` that starts a handle (not the one in ann@example.com).
+_HANDLE = re.compile(r"(?<![\w@])@(?=[\w.\-])")
+_INERT_AT = "@\u2060"
+#: An address as a reader takes it: optional scheme and user@, a dotted host (group 1), port, path.
+_ADDRESS = re.compile(
+    r"(?i)(?:[a-z][a-z0-9+.\-]*:/*)?(?:[^\s@/<>|:]+@)?((?:[\w\-]+\.)+[a-z]{2,})(?::\d+)?(?:[/?#][^\s<>|]*)?"
+)
 
 _EMPHASIS: list[tuple[re.Pattern[str], str, str]] = [
     (
@@ -307,10 +318,57 @@ def _code_span_content(raw: str) -> str:
 
 def _render_slack_token(token: str) -> str:
     inner = token[1:-1]
-    if inner[0] in "@#!":
+    if inner[0] == "!":
+        return escape_mrkdwn(_special_mention_text(inner[1:]))
+    if inner[0] in "@#":
         return token
     url, bar, label = inner.partition("|")
-    return f"<{escape_mrkdwn(url)}{bar}{escape_mrkdwn(label)}>"
+    return _link(url, label) if bar else f"<{escape_mrkdwn(url)}>"
+
+
+def _special_mention_text(inner: str) -> str:
+    """``<!here>``, ``<!subteam^S…|@team>``… as the words they show, so nobody is notified: the
+    model (or a prompt injected into what it read) must not ping a channel as the bot."""
+    name, _, label = inner.partition("|")
+    kind, _, ident = name.partition("^")
+    if kind == "subteam":
+        return _inert_handles(f"@{(label or ident).removeprefix('@')}")
+    if kind in ("here", "channel", "everyone"):
+        return _inert_handles(f"@{kind}")
+    return _inert_handles(label or kind)  # e.g. <!date^…|Feb 18, 2014>
+
+
+def _inert_handles(text: str) -> str:
+    """``@here``, ``@admins``… with a word joiner after the ``@``: it reads the same, but Slack's
+    automatic parsing of mrkdwn (section blocks default to it) can't turn it into a mention."""
+    return _HANDLE.sub(_INERT_AT, text)
+
+
+def _host(address: str) -> str:
+    return address.lower().rstrip(".").removeprefix("www.")
+
+
+def _target_host(url: str) -> str:
+    if url.lower().startswith("mailto:"):
+        return _host(url.rpartition("@")[2].split("?")[0])
+    return _host(urlsplit(url).hostname or "")
+
+
+def _link(url: str, label: str) -> str:
+    """A mrkdwn link to `url` (both unescaped). A label naming another address than the target
+    is a disguise: a label that is only such an address gives way to the real one; any other
+    such label stays as text, followed by the real address."""
+    label = label.strip()
+    target = escape_mrkdwn(url)
+    if not label or label == url:
+        return f"<{target}>"
+    named = list(_ADDRESS.finditer(label))
+    if all(_host(m.group(1)) == _target_host(url) for m in named):
+        return f"<{target}|{escape_mrkdwn(_inert_handles(label))}>"
+    if len(named) == 1 and named[0].group(0) == label:
+        mailbox = url.partition(":")[2] if url.lower().startswith("mailto:") else ""
+        return f"<{target}|{escape_mrkdwn(mailbox)}>" if mailbox else f"<{target}>"
+    return f"{escape_mrkdwn(_inert_handles(label))} (<{target}>)"
 
 
 def _wrap(opener: str, closer: str) -> Callable[[re.Match[str]], str]:
@@ -336,14 +394,10 @@ def _inline(text: str, *, drop_bold: bool = False) -> str:
         label = prot.restore(m.group(2))
         for marker in ("`", "**", "__", "~~"):
             label = label.replace(marker, "")
-        label = escape_mrkdwn(label.strip())
         url = m.group(3)
         if not _LINK_SCHEME.match(url):
-            return prot.keep(label)
-        url = escape_mrkdwn(url)
-        if not label or label == url:
-            return prot.keep(f"<{url}>")
-        return prot.keep(f"<{url}|{label}>")
+            return prot.keep(escape_mrkdwn(label.strip()))
+        return prot.keep(_link(url, _unescape(label)))
 
     text = _MD_LINK.sub(link, text)
 
@@ -352,6 +406,7 @@ def _inline(text: str, *, drop_bold: bool = False) -> str:
         return prot.keep(escape_mrkdwn(url)) + tail
 
     text = _BARE_URL.sub(bare_url, text)
+    text = _inert_handles(text)
 
     for pattern, opener, closer in _EMPHASIS:
         text = pattern.sub(_wrap(opener, closer), text)
@@ -529,6 +584,10 @@ def markdown_to_mrkdwn(markdown: str) -> str:
     ``![alt](url)`` → ``<url|l>``; code spans and math (``\\(..\\)``, ``$..$`` but not
     currency) become inline code, with common LaTeX shown as Unicode; Slack tokens such as
     ``<@U…>`` pass through; ``&``, ``<`` and ``>`` are escaped everywhere else.
+    The answer is the model's, and a prompt injection can write it: broadcasts and user-group
+    mentions (``<!here>``, ``<!subteam^…>``) become plain ``@here`` text, and every handle in
+    prose gets a word joiner after its ``@``, so nothing notifies anybody; a link whose label
+    names another address than its target shows the real target.
     """
     text = markdown.replace("\r\n", "\n").replace("\r", "\n").translate(_PRIVATE_CHARS)
     lines = text.split("\n")
