@@ -1,71 +1,148 @@
-"""Interactivity: buttons on the tutor's messages, and the "Reset tutor here" message shortcut."""
+"""Interactivity: buttons on the tutor's messages, and the "Reset tutor here" message shortcut.
+
+A button acts on the thread it was clicked in, as Slack reports it (`container`, `channel`); the
+`value` it carries is only a hint, checked against that. Anyone can post a message with a button
+whose value names another channel's thread.
+"""
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from typing import Any
 
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_bolt.context.respond.async_respond import AsyncRespond
 
+from bot.handlers.events import CHANNEL_ID, TEAM_ID, TS, USER_ID
 from bot.reply import ANALYSE_ACTION, START_OVER_ACTION
 from bot.tutor import Tutor
+
+log = logging.getLogger(__name__)
 
 RESET_SHORTCUT = "tutor_reset_thread"
 
 
+@dataclass(frozen=True)
+class Clicked:
+    """Where a button was pressed: the channel, the thread's key and the message carrying the button."""
+
+    team_id: str
+    channel_id: str
+    #: The thread root's ts, or "" for the top level of a DM.
+    thread_key: str
+    message_ts: str
+    user_id: str
+
+
+def _str(obj: object, *keys: str) -> str:
+    """obj[k1][k2]… when every step is an object and the end is a string, else ""."""
+    for key in keys:
+        obj = obj.get(key) if isinstance(obj, dict) else None
+    return obj if isinstance(obj, str) else ""
+
+
 def _team(body: dict[str, Any]) -> str:
-    return str((body.get("team") or {}).get("id") or (body.get("user") or {}).get("team_id") or "")
+    team = _str(body, "team", "id") or _str(body, "user", "team_id")
+    return team if TEAM_ID.fullmatch(team) else ""
 
 
 def _user(body: dict[str, Any]) -> str:
-    return str((body.get("user") or {}).get("id") or "")
+    user = _str(body, "user", "id")
+    return user if USER_ID.fullmatch(user) else ""
+
+
+def thread_key(channel_id: str, message_ts: str, thread_ts: str) -> str:
+    """The tutor thread a message belongs to. A message that is not a reply (no thread_ts, or a
+    thread parent, whose thread_ts is its own ts) is a thread root, except at the top level of a
+    DM, which is one conversation (key "")."""
+    if thread_ts and thread_ts != message_ts:
+        return thread_ts
+    return "" if channel_id.startswith("D") else message_ts
+
+
+def clicked(body: dict[str, Any], action: dict[str, Any]) -> Clicked | None:
+    """Where a block_actions press happened, from Slack's own fields; None if that can't be told.
+
+    The answer (or offer) carrying the button sits inside the thread, so `container.thread_ts` is the
+    thread root; a top-level answer in a DM has none (thread key "").
+    """
+    channel = _str(body, "container", "channel_id") or _str(body, "channel", "id")
+    message_ts = _str(body, "container", "message_ts")
+    thread_ts = _str(body, "container", "thread_ts")
+    if not CHANNEL_ID.fullmatch(channel) or not TS.fullmatch(message_ts):
+        log.warning("ignored a %s press without a channel and message", _str(action, "action_id"))
+        return None
+    if thread_ts and not TS.fullmatch(thread_ts):
+        log.warning("ignored a %s press with a malformed thread", _str(action, "action_id"))
+        return None
+    where = Clicked(_team(body), channel, thread_key(channel, message_ts, thread_ts), message_ts, _user(body))
+    hint = _str(action, "value")
+    if hint and hint != f"{where.channel_id}:{where.thread_key}":
+        log.warning(
+            "%s pressed in %s/%s carries the value %r for another thread; acting where it was pressed",
+            _str(action, "action_id"),
+            where.channel_id,
+            where.thread_key or "top level",
+            hint[:80],
+        )
+    return where
 
 
 def register(app: AsyncApp, tutor: Tutor) -> None:
     async def analyse(
         ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], respond: AsyncRespond
     ) -> None:
-        channel_id, _, thread_ts = str(action.get("value") or "").partition(":")
-        container = body.get("container") or {}
-        names = await tutor.start_analysis(
-            team_id=_team(body),
-            channel_id=channel_id or str(container.get("channel_id") or ""),
-            thread_ts=thread_ts or str(container.get("thread_ts") or ""),
-            user_id=_user(body),
-            offer_ts=str(container.get("message_ts") or action.get("action_ts") or ""),
-        )
+        where = clicked(body, action)
+        names = None
+        if where is not None:
+            names = await tutor.start_analysis(
+                team_id=where.team_id,
+                channel_id=where.channel_id,
+                thread_ts=where.thread_key,
+                user_id=where.user_id,
+                offer_ts=where.message_ts,
+            )
         await ack()
         if names is not None:
             listed = ", ".join(f"`{name}`" for name in names) or "your file"
             await respond(replace_original=True, text=f"On it: analysing {listed}…")
 
     async def start_over(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any]) -> None:
-        channel_id, _, thread_key = str(action.get("value") or "").partition(":")
-        container = body.get("container") or {}
-        await tutor.request_thread_reset(
-            team_id=_team(body),
-            channel_id=channel_id or str(container.get("channel_id") or ""),
-            thread_key=thread_key,
-            user_id=_user(body),
-            # The answer's ts: pressing the same button twice resets once.
-            key_ts=str(container.get("message_ts") or action.get("action_ts") or ""),
-        )
+        where = clicked(body, action)
+        if where is not None:
+            await tutor.request_thread_reset(
+                team_id=where.team_id,
+                channel_id=where.channel_id,
+                thread_key=where.thread_key,
+                user_id=where.user_id,
+                # The answer's ts: pressing the same button twice resets once.
+                key_ts=where.message_ts,
+            )
         await ack()
 
     async def reset_here(ack: AsyncAck, shortcut: dict[str, Any], respond: AsyncRespond) -> None:
-        message = shortcut.get("message") or {}
-        channel_id = str((shortcut.get("channel") or {}).get("id") or "")
-        thread_key = str(message.get("thread_ts") or message.get("ts") or "")
-        if channel_id.startswith("D") and not message.get("thread_ts"):
-            thread_key = ""
-        started = await tutor.request_thread_reset(
-            team_id=_team(shortcut),
-            channel_id=channel_id,
-            thread_key=thread_key,
-            user_id=_user(shortcut),
-            key_ts=str(shortcut.get("action_ts") or message.get("ts") or ""),
-        )
+        channel_id = _str(shortcut, "channel", "id")
+        message_ts = _str(shortcut, "message", "ts")
+        thread_ts = _str(shortcut, "message", "thread_ts")
+        started = False
+        if (
+            CHANNEL_ID.fullmatch(channel_id)
+            and TS.fullmatch(message_ts)
+            and (not thread_ts or TS.fullmatch(thread_ts))
+        ):
+            action_ts = _str(shortcut, "action_ts")
+            started = await tutor.request_thread_reset(
+                team_id=_team(shortcut),
+                channel_id=channel_id,
+                # The shortcut names a message, not an answer: a thread parent means its thread.
+                thread_key=thread_ts or ("" if channel_id.startswith("D") else message_ts),
+                user_id=_user(shortcut),
+                key_ts=action_ts if TS.fullmatch(action_ts) else message_ts,
+            )
+        else:
+            log.warning("ignored a %s shortcut without a channel and message", RESET_SHORTCUT)
         await ack()
         if not started:
             await respond(response_type="ephemeral", text="That message isn't in a tutor thread.")
