@@ -6,14 +6,21 @@ OpenAI clean-up after a reset happens later, in the worker.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.context.ack.async_ack import AsyncAck
 
+from bot.handlers.events import CHANNEL_ID, TEAM_ID, database_down
 from bot.tutor import Tutor
 
+log = logging.getLogger(__name__)
+
 MAX_INSTRUCTIONS = 3000
+#: How much of what the user typed an answer quotes back.
+MAX_QUOTE = 100
+DATABASE_DOWN = "I can't reach my database right now, so nothing changed. Please try again in a minute."
 
 HELP = """\
 *Your tutor* answers math questions and analyses data, in threads.
@@ -33,7 +40,7 @@ Commands (they act on this channel or DM; Slack doesn't allow them in threads):
 
 def register(app: AsyncApp, tutor: Tutor) -> None:
     async def tutor_command(ack: AsyncAck, command: dict[str, Any]) -> None:
-        text = str(command.get("text") or "").strip()
+        text = str(command.get("text") or "").replace("\x00", "").strip()
         sub, _, rest = text.partition(" ")
         where = {
             "team_id": str(command.get("team_id") or ""),
@@ -41,11 +48,29 @@ def register(app: AsyncApp, tutor: Tutor) -> None:
         }
         handler = SUBCOMMANDS.get(sub.lower() or "help")
         if handler is None:
-            await ack(text=f"unknown command: {sub}\n\n{HELP}")
+            await ack(text=f"unknown command: {quote(sub)}\n\n{HELP}")
             return
-        await ack(text=await handler(tutor, where, rest.strip()))
+        if handler is not _help and not (
+            TEAM_ID.fullmatch(where["team_id"]) and CHANNEL_ID.fullmatch(where["channel_id"])
+        ):
+            log.warning("ignored /tutor %s without a team and channel", sub.lower())
+            await ack(text="I couldn't tell which channel this is for, so nothing changed.")
+            return
+        try:
+            answer = await handler(tutor, where, rest.strip())
+        except Exception as exc:
+            if not database_down(exc):
+                raise
+            log.error("/tutor %s: database unavailable (%s)", sub.lower(), type(exc).__name__)
+            answer = DATABASE_DOWN
+        await ack(text=answer)
 
     app.command("/tutor")(tutor_command)
+
+
+def quote(text: str, limit: int = MAX_QUOTE) -> str:
+    """What the user typed, cut to `limit` characters for an answer that echoes it."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 async def _help(_tutor: Tutor, _where: dict[str, str], _rest: str) -> str:
@@ -84,7 +109,7 @@ async def _profile(tutor: Tutor, where: dict[str, str], rest: str) -> str:
     chosen = await tutor.choose_profile(**where, name=rest)
     if chosen is None:
         available = ", ".join(f"`{p.slug}`" for p in await tutor.profiles())
-        return f"There is no profile called `{rest}`. Available: {available}."
+        return f"There is no profile called `{quote(rest)}`. Available: {available}."
     return f"This channel now uses the *{chosen.name}* profile for new tutor threads."
 
 
