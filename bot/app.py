@@ -19,6 +19,7 @@ from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.authorization import AuthorizeResult
+from slack_bolt.logger.messages import warning_client_prioritized_and_token_skipped
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import SignatureVerifier
@@ -32,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from bot import handlers
 from bot.ai import OpenAIGateway
 from bot.config import Settings
-from bot.errors import ConfigError
+from bot.errors import ConfigError, TutorError
 from bot.poller import Poller
 from bot.reply import Replier
 from bot.slack_api import SlackGateway, make_web_client
@@ -118,6 +119,17 @@ def build(settings: Settings) -> Components:
     return components
 
 
+class _NotAboutTheEnvToken(logging.Filter):
+    """AsyncApp reads SLACK_BOT_TOKEN from the environment by itself and warns that the token of the
+    client it was given wins; here the client has deliberately none (see `authorize`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != warning_client_prioritized_and_token_skipped()
+
+
+logging.getLogger("slack_bolt.AsyncApp").addFilter(_NotAboutTheEnvToken())
+
+
 # -- Who the bot is -------------------------------------------------------------------------------
 
 
@@ -164,8 +176,8 @@ class BotIdentity:
             try:
                 await self.refresh()
             except Exception as exc:  # a background loop: nothing may end it but cancellation
-                # slack_api has logged the Slack error itself; a timeout it can't see.
-                level = logging.WARNING if isinstance(exc, TimeoutError) else logging.INFO
+                # slack_api has logged a Slack error itself; a timeout or anything else it can't see.
+                level = logging.DEBUG if isinstance(exc, TutorError) else logging.WARNING
                 log.log(level, "auth.test failed (%s); trying again in %.1fs", type(exc).__name__, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.MAX_RETRY)
