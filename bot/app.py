@@ -12,6 +12,7 @@ import signal
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl
 
 import aiohttp
 from aiohttp import web
@@ -333,6 +334,13 @@ def signature_problem(verifier: SignatureVerifier, body: bytes, headers: Mapping
     return None
 
 
+def is_ssl_check(body: bytes) -> bool:
+    """`ssl_check=1&token=…`, which Bolt answers before any signature check too."""
+    if len(body) > 1024 or b"ssl_check" not in body:
+        return False
+    return dict(parse_qsl(body.decode("utf-8", "replace"))).get("ssl_check") == "1"
+
+
 class MalformedRequest(ValueError):
     pass
 
@@ -364,6 +372,8 @@ def web_app(components: Components, *, with_worker: bool) -> web.Application:
         body = await request.read()
         problem = signature_problem(verifier, body, request.headers) if verifier else "no signing secret"
         if problem is not None:
+            if is_ssl_check(body):
+                return web.Response(status=200)  # Slack's TLS probe of command URLs: unsigned, empty 200
             log.warning("rejected a request to %s with %s (401)", EVENTS_PATH, problem)
             return web.Response(status=401)
         try:

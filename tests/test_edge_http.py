@@ -24,11 +24,13 @@ from tests.slack_payloads import (
     FORM,
     SIGNING_SECRET,
     as_json,
+    block_action,
     envelope,
     file_share,
     mention,
     new_ts,
     signed_headers,
+    slash_command,
 )
 
 JSON = "application/json"
@@ -212,3 +214,41 @@ async def test_a_question_that_cannot_be_stored_gets_503_so_slack_retries(
     assert len(log_lines(caplog)) == 1
     async with bot.http.get(f"{bot.url}/healthz") as response:
         assert response.status == 503
+
+
+async def test_slacks_unsigned_ssl_check_still_gets_its_200(
+    bot: Bot, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.clear()
+    assert (await post(bot, b"ssl_check=1&token=legacy", {"Content-Type": FORM}))[0] == 200
+    assert log_lines(caplog) == []
+
+
+async def test_a_command_while_the_database_is_down_gets_one_sentence(
+    start_bot: BotFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bot = await start_bot(url=f"sqlite+aiosqlite:///{tmp_path}/missing-dir/none.db", with_worker=False)
+    caplog.clear()
+    started = time.monotonic()
+    status, body = await bot.send_form(slash_command("reset", response_url=bot.slack.response_url()))
+    assert status == 200 and time.monotonic() - started < 2.5
+    assert "can't reach my database" in body
+    assert len(log_lines(caplog)) == 1
+
+
+async def test_a_button_press_while_the_database_is_down_is_refused_with_one_line(
+    start_bot: BotFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bot = await start_bot(url=f"sqlite+aiosqlite:///{tmp_path}/missing-dir/none.db", with_worker=False)
+    root, answer = new_ts(), new_ts()
+    press = block_action(
+        "tutor_start_over",
+        f"{CHANNEL}:{root}",
+        message_ts=answer,
+        thread_ts=root,
+        response_url=bot.slack.response_url(),
+    )
+    caplog.clear()
+    status, _ = await bot.send_form(press)
+    assert status == 503  # Slack shows the press failed; nothing was reset
+    assert len(log_lines(caplog)) == 1

@@ -7,6 +7,7 @@ promptly. A token Slack refuses: exit code 2 and one sentence. Connected: /healt
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import socket
 import sys
@@ -18,6 +19,7 @@ import pytest
 
 from tests.conftest import BotFactory, process_env
 from tests.fakes import FakeOpenAI, FakeSlack, wait_for
+from tests.slack_payloads import envelope, mention
 
 
 def _free_port() -> int:
@@ -136,3 +138,54 @@ async def test_healthz_is_503_until_socket_mode_connects(
             return response.status == 200
 
     await wait_for(connected, timeout=15, message="/healthz never 200 after connecting")
+
+
+def _envelope(envelope_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "envelope_id": envelope_id,
+        "type": "events_api",
+        "accepts_response_payload": False,
+        "retry_attempt": 0,
+        "retry_reason": "",
+        "payload": payload,
+    }
+
+
+async def test_a_malformed_envelope_is_acked_with_one_warning(
+    start_bot: BotFactory, fake_slack: FakeSlack, caplog: pytest.LogCaptureFixture
+) -> None:
+    bot = await start_bot(slack_app_token=fake_slack.app_token, slack_signing_secret=None)
+    await wait_for(lambda: fake_slack.sockets, message="never connected")
+    caplog.clear()
+    for number, payload in enumerate(
+        (
+            {**envelope({"type": "app_mention"}), "event": None},
+            {**envelope({"type": "app_mention"}), "authorizations": "all"},
+            {**mention("hi"), "event": {**mention("hi")["event"], "ts": {"a": 1}}},
+        )
+    ):
+        await fake_slack.socket_send(_envelope(f"env-odd-{number}", payload))
+        await wait_for(lambda n=number: {"envelope_id": f"env-odd-{n}"} in fake_slack.socket_acks)
+    assert "Traceback" not in caplog.text
+    assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) == 3
+    assert await bot.runs() == []
+
+
+async def test_a_question_that_cannot_be_stored_is_not_acked(
+    start_bot: BotFactory, fake_slack: FakeSlack, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Over Socket Mode too: unacknowledged, Slack delivers the envelope again."""
+    await start_bot(
+        slack_app_token=fake_slack.app_token,
+        slack_signing_secret=None,
+        url=f"sqlite+aiosqlite:///{tmp_path}/missing-dir/none.db",
+        with_worker=False,
+    )
+    await wait_for(lambda: fake_slack.sockets, message="never connected")
+    caplog.clear()
+    await fake_slack.socket_send(_envelope("env-lost", mention("What is 6 * 7?")))
+    await wait_for(lambda: any("not stored" in r.getMessage() for r in caplog.records))
+    await fake_slack.socket_send(_envelope("env-ok", envelope({"type": "reaction_added", "user": "U0ALICE"})))
+    await wait_for(lambda: {"envelope_id": "env-ok"} in fake_slack.socket_acks)
+    assert {"envelope_id": "env-lost"} not in fake_slack.socket_acks
+    assert "Traceback" not in caplog.text
