@@ -101,11 +101,8 @@ def build(settings: Settings) -> Components:
             base_url=client.base_url, timeout=client.timeout, retry_handlers=list(client.retry_handlers)
         ),
         authorize=authorize,
-        signing_secret=(
-            settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else None
-        ),
-        # Signatures are checked by the HTTP endpoint, on the raw bytes, before anything is decoded;
-        # Socket Mode carries none.
+        # Signatures are checked by the HTTP endpoint (web_app), on the raw bytes, before anything
+        # is decoded; Socket Mode carries none. So Bolt needs no signing secret.
         request_verification_enabled=False,
         # Requests no listener handles reach handlers.on_error: 200 and one line, not 404.
         raise_error_for_unhandled_request=True,
