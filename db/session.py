@@ -18,8 +18,8 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         event.listen(engine.sync_engine, "begin", _sqlite_begin_immediate)
         return engine
-    # A database that doesn't answer fails a request in seconds (503, retried by Slack), not minutes.
-    kwargs.setdefault("connect_args", {"timeout": 5, "command_timeout": 30})
+    # A database that does not answer fails a request within Slack's 3 s (503, so Slack retries it).
+    kwargs.setdefault("connect_args", {"timeout": 2, "command_timeout": 30})
     kwargs.setdefault("pool_timeout", 10)
     return create_async_engine(url, pool_pre_ping=True, **kwargs)
 
