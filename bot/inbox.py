@@ -124,24 +124,36 @@ class Inbox:
     async def _write_all(self) -> None:
         while self._pending:
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-            await self._commit(batch)
+            outage = await self._commit(batch)
+            if outage is not None:
+                # What queued up behind a failed write would wait for the same dead database:
+                # answer it now, so Slack hears 503 within its 3 s and retries.
+                waiting, self._pending = self._pending, []
+                self._fail(waiting, outage)
 
-    async def _commit(self, batch: list[tuple[Question, asyncio.Future[bool]]]) -> None:
+    async def _commit(self, batch: list[tuple[Question, asyncio.Future[bool]]]) -> Exception | None:
+        """Store a batch; returns the outage that stopped it, if one did."""
         try:
             stored = await self._write(q for q, _ in batch)
         except Exception as failure:
-            if len(batch) > 1 and not is_outage(failure):
+            if is_outage(failure):
+                self._fail(batch, failure)
+                return failure
+            if len(batch) > 1:
                 log.warning(
                     "%d questions failed together (%s); storing them one by one", len(batch), _brief(failure)
                 )
-                for item in batch:
-                    await self._commit([item])
-                return
+                for index, item in enumerate(batch):
+                    if (outage := await self._commit([item])) is not None:
+                        self._fail(batch[index + 1 :], outage)
+                        return outage
+                return None
             self._fail(batch, failure)
-            return
+            return None
         for question, future in batch:
             if not future.done():
                 future.set_result(question.key in stored)
+        return None
 
     @staticmethod
     def _fail(batch: list[tuple[Question, asyncio.Future[bool]]], failure: Exception) -> None:

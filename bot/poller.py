@@ -20,6 +20,7 @@ import os
 import socket
 import uuid
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -50,6 +51,8 @@ RECONCILE_FIRST = 1.0
 RECONCILE_EVERY = 2.0
 #: Runs that are still answering a question (not delivering, not done).
 ANSWERING = frozenset({"queued", "creating", "unknown", "polling"})
+#: The run deadline of the step this task is in, lifted once the answer is being delivered.
+_DEADLINE: ContextVar[asyncio.Timeout | None] = ContextVar("run_deadline", default=None)
 
 
 class Poller:
@@ -272,7 +275,7 @@ class Poller:
                 if self._out_of_time(run):
                     await self._time_out(run)
                 else:
-                    await self._step(run)
+                    await self._step_in_time(run)
             except errors.TutorError as exc:
                 await self._on_error(run, exc)
             except (LeaseLost, asyncio.CancelledError):
@@ -305,6 +308,23 @@ class Poller:
             await self._poll(run)
         elif run.status == "replying":
             await self._reply(run, await self._load_reply(run))
+
+    async def _step_in_time(self, run: Run) -> None:
+        """A step of an unanswered question ends at the run's deadline, even inside a hung call."""
+        if run.kind != "answer" or run.status not in ANSWERING:
+            await self._step(run)
+            return
+        try:
+            async with asyncio.timeout(self._time_left(run)) as deadline:
+                token = _DEADLINE.set(deadline)
+                try:
+                    await self._step(run)
+                finally:
+                    _DEADLINE.reset(token)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            await self._time_out(run)
 
     def _out_of_time(self, run: Run) -> bool:
         """The run timeout counts from the question's arrival, whatever state the run is in."""
@@ -402,6 +422,9 @@ class Poller:
         await self._reply(run, reply)
 
     async def _reply(self, run: Run, reply: ModelReply | None) -> None:
+        deadline = _DEADLINE.get()
+        if deadline is not None:
+            deadline.reschedule(None)  # an answer being delivered is never cut off
         await self._replier.deliver(run, reply)
         failed = bool(run.error_code) or (reply is not None and reply.failure() is not None)
         await self._save(run, status="failed" if failed else "done", finished_at=utcnow())

@@ -26,12 +26,13 @@ def _texts(bot: Bot, channel: str, ts: str) -> list[str]:
 
 async def test_a_hung_retrieve_delays_no_other_question_and_its_user_is_told(start_bot: BotFactory) -> None:
     bot = await start_bot(tutor_run_timeout=4.0, tutor_openai_timeout=0.5)
-    bot.openai.latency = 2.0
+    bot.openai.latency = 30.0  # still thinking when the run gives up
     first = new_ts()
     await bot.send(mention("A question whose run hangs", ts=first))
     response_id = await wait_for(lambda: next(iter(bot.openai.responses), None))
     # From now on every retrieve of that response hangs.
     bot.openai.delay_next(f"GET /v1/responses/{response_id}", HOUR, times=1000)
+    bot.openai.latency = 0.5  # the other question's model is quick
 
     second = new_ts()
     asked = time.monotonic()

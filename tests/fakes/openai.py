@@ -13,11 +13,14 @@ Selectors for ``calls()``, ``fail_next()`` and ``delay_next()``:
 Response lifecycle: ``POST /v1/responses`` answers ``queued``; the first retrieve answers
 ``in_progress``; any later retrieve finishes the response (status from its ``Turn``) once
 ``fake.latency`` seconds have passed since the create. ``fake.complete(resp_id)`` finishes
-it at once without a retrieve.
+it at once without a retrieve. With a ``latency`` set, a response also finishes by itself once
+that time has passed, polled or not, as a real background response does (a client that lost
+the create's answer can then find it in the conversation).
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json as jsonlib
 import struct
@@ -812,6 +815,8 @@ class FakeOpenAI(FakeServer):
         )
         state.body = _queued_body(state.id, cid, body)
         self.responses[state.id] = state
+        if 0 < self.latency < 600:
+            asyncio.get_running_loop().call_later(self.latency, self._finish_by_itself, state)
         return web.json_response(self._render(state, _include_of(recorded(request))))
 
     def _render(self, state: ResponseState, include: set[str]) -> dict[str, Any]:
@@ -866,6 +871,10 @@ class FakeOpenAI(FakeServer):
         return web.json_response(
             {"id": model, "object": "model", "created": 1_760_000_000, "owned_by": "openai"}
         )
+
+    def _finish_by_itself(self, state: ResponseState) -> None:
+        if not state.terminal and not state.deleted:
+            self._finish(state)
 
     def _fail(self, state: ResponseState, error: dict[str, Any]) -> None:
         state.body.update({"status": "failed", "error": error, "output": [], "completed_at": None})
