@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bot import errors
 from bot.ai import ChartRef, ModelReply, OpenAIGateway
 from bot.files import type_label
-from bot.formatting import format_reply
+from bot.formatting import escape_mrkdwn, format_reply
 from bot.slack_api import Place, SlackGateway
 from bot.tutor import place_of
 from db import repo
@@ -63,7 +63,7 @@ class Replier:
     async def offer(self, run: Run) -> None:
         """Ask, in the thread of a shared spreadsheet, whether to analyse it (with a button)."""
         files = await self._files_of(run)
-        names = ", ".join(f"`{f.name}`" for f in files) or "this file"
+        names = ", ".join(f"`{_shown(f.name)}`" for f in files) or "this file"
         text = f"Want me to analyse {names}?"
         blocks: list[dict[str, Any]] = [
             {"type": "section", "text": {"type": "mrkdwn", "text": text}},
@@ -116,7 +116,7 @@ class Replier:
             if file.status == "rejected":
                 notice = errors.file_error(
                     file.error_code,
-                    name=file.name,
+                    name=_shown(file.name),
                     limit_mb=self._max_file_mb,
                     type=type_label(file.filetype, file.name, file.mimetype),
                 )
@@ -224,6 +224,11 @@ class Replier:
                 delivery.state = "done"
                 delivery.slack_ts = slack_ts or delivery.slack_ts
                 delivery.slack_file_id = slack_file_id or delivery.slack_file_id
+
+
+def _shown(name: str) -> str:
+    """A user's file name inside a code span of our own text: inert (no markup, no mentions)."""
+    return escape_mrkdwn(name.replace("`", "'"))
 
 
 def _name_chart(ref: ChartRef, number: int) -> ChartUpload:

@@ -100,8 +100,13 @@ class Tutor:
             thread = await repo.find_thread(
                 session, team_id=team_id, channel_id=channel_id, thread_ts=thread_ts
             )
-            if thread is None:
-                return None
+            files = (
+                [f for f in await repo.files_of_thread(session, thread_id=thread.id) if f.status == "pending"]
+                if thread is not None
+                else []
+            )
+            if thread is None or not files:
+                return None  # nothing offered here (a forged or stale press): no empty run
             thread.state = "active"
             data = await repo.get_profile(session, slug=DATA_PROFILE)
             # Keyed on the offer message's ts: a second press of the same button is a duplicate.
@@ -115,9 +120,6 @@ class Tutor:
             if not created:
                 return None
             run_id = next(iter(created.values()))
-            files = [
-                f for f in await repo.files_of_thread(session, thread_id=thread.id) if f.status == "pending"
-            ]
             for file in files:
                 file.run_id = run_id
         self.wake()

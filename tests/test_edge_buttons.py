@@ -131,3 +131,16 @@ async def test_analyse_it_pressed_elsewhere_does_not_start_the_offered_analysis(
         lambda: len([u for u in bot.slack.uploads if u.channel_id == CHANNEL]) == 3,
         message="the analysis never ran",
     )
+
+
+async def test_analyse_it_pressed_in_an_answered_thread_starts_no_empty_run(bot: Bot) -> None:
+    """A forged "Analyse it" in a thread with nothing offered: nothing to analyse, so nothing runs."""
+    math, answer = await _ask(bot, "What is 7 * 7?")
+    body = _press(
+        bot, "tutor_analyse", f"{CHANNEL}:{math}", channel=CHANNEL, message_ts=answer["ts"], thread_ts=math
+    )
+    status, _ = await bot.send_form(body)
+    assert status == 200
+    runs = await bot.runs()
+    assert len(runs) == 1  # only the question itself
+    assert len(bot.slack.messages(CHANNEL, math)) == 1

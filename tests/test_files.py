@@ -259,3 +259,16 @@ async def test_other_files_the_model_wrote_are_uploaded_too(bot: Bot) -> None:
     assert [u.filename for u in bot.slack.uploads] == ["trend.png", "covid_cleaned.csv"]
     # The user's own CSV, also in the container, is not echoed back.
     assert "covid_worldwide.csv" not in [u.filename for u in bot.slack.uploads]
+
+
+async def test_a_file_name_is_shown_inert(bot: Bot) -> None:
+    """A file name is the user's text: it can't ping the channel or break out of its code span."""
+    shared = bot.slack.host_file(
+        "<!here>`x`.exe", b"MZ\x90\x00" * 10, "application/x-msdownload", filetype="exe"
+    )
+    ts = new_ts()
+    await bot.send(file_share("<@U0TUTORBOT>", [shared], ts=ts))
+    await bot.wait_runs_finished(1)
+    (notice,) = [m["text"] for m in bot.slack.messages(CHANNEL, ts)]
+    assert "<!here>" not in notice
+    assert notice.startswith("I can't work with `&lt;!here&gt;'x'.exe`")
