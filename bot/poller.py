@@ -129,7 +129,7 @@ class Poller:
     async def _claim(self, free: int) -> int:
         now = utcnow()
         async with self._sessions.begin() as session:
-            runs = await repo.claim_due_runs(
+            runs = await leases.claim_due_runs(
                 session,
                 owner=self.owner,
                 now=now,

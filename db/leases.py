@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Collection
 from datetime import datetime
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import and_, exists, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.orm import aliased
 
 from db.models import Run
 
@@ -82,3 +83,51 @@ async def dead_owners(session: AsyncSession, *, me: str, now: datetime) -> list[
         if free:
             dead.append(owner)
     return dead
+
+
+async def claim_due_runs(
+    session: AsyncSession, *, owner: str, now: datetime, lease_until: datetime, limit: int
+) -> list[Run]:
+    """Lease up to `limit` due runs, at most one per thread (the oldest unfinished question).
+
+    On PostgreSQL candidates are locked with FOR UPDATE SKIP LOCKED so workers don't contend;
+    on every backend the lease is taken with a compare-and-set UPDATE, which is what makes
+    two workers unable to hold the same run.
+    """
+    earlier = aliased(Run)
+    query = (
+        select(Run.id)
+        .where(
+            Run.status.in_(ACTIVE_STATUSES),
+            Run.next_attempt_at <= now,
+            or_(Run.lease_expires_at.is_(None), Run.lease_expires_at < now),
+            ~exists().where(
+                and_(
+                    earlier.thread_id == Run.thread_id,
+                    earlier.status.in_(ACTIVE_STATUSES),
+                    earlier.message_ts < Run.message_ts,
+                )
+            ),
+        )
+        .order_by(Run.next_attempt_at)
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True, of=Run)
+    candidates = (await session.scalars(query)).all()
+    claimed: list[int] = []
+    for run_id in candidates:
+        result = await session.execute(
+            update(Run)
+            .where(
+                Run.id == run_id,
+                or_(Run.lease_expires_at.is_(None), Run.lease_expires_at < now),
+            )
+            .values(lease_owner=owner, lease_expires_at=lease_until)
+            .execution_options(synchronize_session=False)
+        )
+        if getattr(result, "rowcount", 0) == 1:
+            claimed.append(run_id)
+    if not claimed:
+        return []
+    return list((await session.scalars(select(Run).where(Run.id.in_(claimed)))).all())

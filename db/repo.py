@@ -6,15 +6,11 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, exists, func, or_, select, tuple_, update
+from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import aliased
 
 from db.models import ChannelSettings, Cleanup, Delivery, Profile, Run, ThreadFile, TutorThread
-
-#: Statuses of a run that still needs a worker.
-ACTIVE_STATUSES = ("queued", "creating", "unknown", "polling", "replying")
 
 
 def _insert(session: AsyncSession, table: Any) -> Any:
@@ -155,64 +151,6 @@ async def upsert_channel_settings(session: AsyncSession, *, team_id: str, channe
 async def files_of_thread(session: AsyncSession, *, thread_id: int) -> Sequence[ThreadFile]:
     query = select(ThreadFile).where(ThreadFile.thread_id == thread_id).order_by(ThreadFile.id)
     return (await session.scalars(query)).all()
-
-
-async def claim_due_runs(
-    session: AsyncSession, *, owner: str, now: datetime, lease_until: datetime, limit: int
-) -> list[Run]:
-    """Lease up to `limit` due runs, at most one per thread (the oldest unfinished question).
-
-    On PostgreSQL candidates are locked with FOR UPDATE SKIP LOCKED so workers don't contend;
-    on every backend the lease is taken with a compare-and-set UPDATE, which is what makes
-    two workers unable to hold the same run.
-    """
-    earlier = aliased(Run)
-    query = (
-        select(Run.id)
-        .where(
-            Run.status.in_(ACTIVE_STATUSES),
-            Run.next_attempt_at <= now,
-            or_(Run.lease_expires_at.is_(None), Run.lease_expires_at < now),
-            ~exists().where(
-                and_(
-                    earlier.thread_id == Run.thread_id,
-                    earlier.status.in_(ACTIVE_STATUSES),
-                    earlier.message_ts < Run.message_ts,
-                )
-            ),
-        )
-        .order_by(Run.next_attempt_at)
-        .limit(limit)
-    )
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True, of=Run)
-    candidates = (await session.scalars(query)).all()
-    claimed: list[int] = []
-    for run_id in candidates:
-        result = await session.execute(
-            update(Run)
-            .where(
-                Run.id == run_id,
-                or_(Run.lease_expires_at.is_(None), Run.lease_expires_at < now),
-            )
-            .values(lease_owner=owner, lease_expires_at=lease_until)
-            .execution_options(synchronize_session=False)
-        )
-        if getattr(result, "rowcount", 0) == 1:
-            claimed.append(run_id)
-    if not claimed:
-        return []
-    return list((await session.scalars(select(Run).where(Run.id.in_(claimed)))).all())
-
-
-async def extend_lease(session: AsyncSession, *, run_id: int, owner: str, lease_until: datetime) -> bool:
-    result = await session.execute(
-        update(Run)
-        .where(Run.id == run_id, Run.lease_owner == owner)
-        .values(lease_expires_at=lease_until)
-        .execution_options(synchronize_session=False)
-    )
-    return getattr(result, "rowcount", 0) == 1
 
 
 async def set_conversation_once(session: AsyncSession, *, thread_id: int, conversation_id: str) -> str:
