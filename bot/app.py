@@ -74,7 +74,7 @@ def build(settings: Settings) -> Components:
     )
     tutor = Tutor(sessions=sessions, ai=ai, slack=slack, settings=settings)
     replier = Replier(sessions=sessions, ai=ai, slack=slack, max_file_mb=settings.tutor_max_file_mb)
-    poller = Poller(sessions=sessions, tutor=tutor, replier=replier, ai=ai, settings=settings)
+    poller = Poller(engine=engine, sessions=sessions, tutor=tutor, replier=replier, ai=ai, settings=settings)
     identity = BotIdentity(slack, token)
 
     async def authorize(enterprise_id: str | None, team_id: str | None) -> AuthorizeResult:

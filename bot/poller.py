@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -59,6 +60,7 @@ class Poller:
     def __init__(
         self,
         *,
+        engine: AsyncEngine,
         sessions: async_sessionmaker[AsyncSession],
         tutor: Tutor,
         replier: Replier,
@@ -67,7 +69,7 @@ class Poller:
         owner: str | None = None,
     ) -> None:
         self._sessions = sessions
-        self._engine: AsyncEngine = sessions.kw["bind"]
+        self._engine = engine
         self._tutor = tutor
         self._replier = replier
         self._ai = ai
@@ -139,13 +141,11 @@ class Poller:
         for run in runs:
             task = asyncio.create_task(self._drive(run), name=f"run-{run.id}")
             self._active[run.id] = task
-            task.add_done_callback(self._finished)
+            task.add_done_callback(functools.partial(self._finished, run.id))
         return len(runs)
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        for run_id, active in list(self._active.items()):
-            if active is task:
-                del self._active[run_id]
+    def _finished(self, run_id: int, _task: asyncio.Task[None]) -> None:
+        del self._active[run_id]
         self._wakeup.set()  # a slot is free
 
     async def _loop(self, work: Callable[[], Awaitable[int]], wakeup: asyncio.Event) -> None:
