@@ -58,7 +58,9 @@ class Components:
     async def close(self) -> None:
         await self.ai.close()
         await self.slack.close()
-        await self.engine.dispose()
+        # Connections to a database that went away must not hold up a stopping process.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.engine.dispose(), timeout=5.0)
 
 
 def build(settings: Settings) -> Components:

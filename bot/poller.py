@@ -50,6 +50,9 @@ RESCUE_EVERY = 2.0
 RECONCILE_FIRST = 1.0
 #: While an earlier create still holds the conversation, look for its answer this often.
 RECONCILE_EVERY = 2.0
+#: A shutdown step that talks to the database gives up after this long (a dead database must
+#: not keep a stopping process alive).
+SHUTDOWN_STEP = 5.0
 #: Runs that are still answering a question (not delivering, not done).
 ANSWERING = frozenset({"queued", "creating", "unknown", "polling"})
 #: The run deadline of the step this task is in, lifted once the answer is being delivered.
@@ -257,14 +260,15 @@ class Poller:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         try:
-            async with self._sessions.begin() as session:
+            async with asyncio.timeout(SHUTDOWN_STEP), self._sessions.begin() as session:
                 count = await leases.release_leases(session, owners=[self.owner])
             log.info("run-poller %s stopped; %d runs handed back", self.owner, count)
-        except (SQLAlchemyError, OSError) as exc:
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
             log.warning("run-poller: could not hand runs back (%s); their leases will expire", _describe(exc))
         if self._liveness is not None:
             with contextlib.suppress(Exception):
-                await self._liveness.close()
+                async with asyncio.timeout(SHUTDOWN_STEP):
+                    await self._liveness.close()
             self._liveness = None
 
     # Driving one run
