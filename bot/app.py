@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 EVENTS_PATH = "/slack/events"
 #: How long startup waits for auth.test before serving anyway (it keeps trying in the background).
 IDENTITY_WAIT = 2.0
+#: How long a background task may take to stop beyond the poller's grace period (it bounds its own
+#: database steps to 5 s each); past it the process stops anyway, saying which task hung.
+STOP_MARGIN = 15.0
 
 
 @dataclass
@@ -60,7 +63,8 @@ class Components:
         await self.slack.close()
         # Connections to a database that went away must not hold up a stopping process.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.engine.dispose(), timeout=5.0)
+            async with asyncio.timeout(5.0):
+                await self.engine.dispose()
 
 
 def build(settings: Settings) -> Components:
@@ -176,17 +180,26 @@ def _lifecycle(
             tasks.append(asyncio.create_task(components.socket.run(), name="socket-mode"))
         # Usually answered in milliseconds; if Slack is down, serve anyway (questions are stored).
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(components.identity.resolved.wait(), IDENTITY_WAIT)
+            async with asyncio.timeout(IDENTITY_WAIT):
+                await components.identity.resolved.wait()
         yield
         for task in tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await _stop(task, within=components.settings.tutor_shutdown_grace + STOP_MARGIN)
         if components.socket is not None:
             await components.socket.close()
         await components.close()
 
     return lifecycle
+
+
+async def _stop(task: asyncio.Task[None], *, within: float) -> None:
+    """Cancel a background task and wait for it to end, but never longer than `within`."""
+    task.cancel()
+    done, _ = await asyncio.wait([task], timeout=within)
+    if not done:
+        log.error("%s did not stop within %.0f s; stopping without it", task.get_name(), within)
+    elif not task.cancelled() and task.exception() is not None:
+        log.error("%s failed: %s", task.get_name(), task.exception())
 
 
 async def serve(settings: Settings, *, with_web: bool, with_worker: bool) -> None:
@@ -203,9 +216,7 @@ async def serve(settings: Settings, *, with_web: bool, with_worker: bool) -> Non
         components.tutor.wake = components.poller.wake
         poller = asyncio.create_task(components.poller.run_forever(), name="run-poller")
         await stop.wait()
-        poller.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await poller
+        await _stop(poller, within=settings.tutor_shutdown_grace + STOP_MARGIN)
         await components.close()
         return
     fatal: list[str] = []

@@ -42,7 +42,8 @@ class BotIdentity:
         )
 
     async def refresh(self) -> None:
-        data = await asyncio.wait_for(self._slack.auth_test(), self.TIMEOUT)
+        async with asyncio.timeout(self.TIMEOUT):  # not wait_for: it can lose a cancellation on 3.11
+            data = await self._slack.auth_test()
         self.user_id = _text(data.get("user_id"))
         self.bot_id = _text(data.get("bot_id"))
         self.team_id = _text(data.get("team_id"))

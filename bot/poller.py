@@ -127,9 +127,7 @@ class Poller:
                 await self._idle()
 
     async def _idle(self) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), timeout=self._interval / 2)
-        self._wakeup.clear()
+        await _woken(self._wakeup, within=self._interval / 2)
 
     async def _claim(self, free: int) -> int:
         now = utcnow()
@@ -163,9 +161,7 @@ class Poller:
                 log.exception("run-poller: %s failed; retrying", work.__name__)
                 busy = 0
             if not busy:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wakeup.wait(), timeout=idle)
-                wakeup.clear()
+                await _woken(wakeup, within=idle)
 
     async def _clean_up(self) -> int:
         """Delete what resets left at OpenAI; best effort, retried with backoff."""
@@ -559,3 +555,15 @@ def _describe(exc: BaseException) -> str:
 
 class LeaseLost(Exception):
     """Another worker took the run over (our lease expired); stop touching it."""
+
+
+async def _woken(event: asyncio.Event, *, within: float) -> None:
+    """Wait until `event` is set or `within` seconds pass, then clear it.
+
+    Not `asyncio.wait_for`: on Python 3.11 it loses a cancellation that arrives as the event is
+    set, and a loop that lost its cancellation never stops.
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(within):
+            await event.wait()
+    event.clear()

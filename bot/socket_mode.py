@@ -98,11 +98,12 @@ class SocketModeLink:
         while True:
             attempt += 1
             try:
-                opened = await asyncio.wait_for(
-                    client.web_client.apps_connections_open(app_token=self._token), self.ATTEMPT_TIMEOUT
-                )
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can lose a cancellation.
+                async with asyncio.timeout(self.ATTEMPT_TIMEOUT):
+                    opened = await client.web_client.apps_connections_open(app_token=self._token)
                 client.wss_uri = str(opened["url"])
-                await asyncio.wait_for(client.connect(), self.ATTEMPT_TIMEOUT)  # type: ignore[no-untyped-call]
+                async with asyncio.timeout(self.ATTEMPT_TIMEOUT):
+                    await client.connect()  # type: ignore[no-untyped-call]
                 if await client.is_connected():
                     log.info("connected to Slack in Socket Mode")
                     return

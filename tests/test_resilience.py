@@ -148,3 +148,17 @@ async def test_many_slow_runs_are_driven_at_once(start_bot: BotFactory) -> None:
     await bot.wait_runs_finished(10, within=10.0)
     assert all(_texts(bot, CHANNEL, ts) for ts in threads)
     assert time.monotonic() - asked < 6.0
+
+
+async def test_a_poller_woken_as_it_is_stopped_still_stops(start_bot: BotFactory) -> None:
+    """Cancelling the poller the moment it is woken ends it (Python 3.11's wait_for swallowed that)."""
+    bot = await start_bot(with_worker=False)
+    poller = bot.components.poller
+    for attempt in range(20):
+        task = asyncio.create_task(poller.run_forever())
+        # Let it start and idle (the stimulus, not a wait for a result), then wake and stop it at once.
+        await asyncio.sleep(0.05 + 0.003 * attempt)
+        poller.wake()
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=10.0)
+        assert done, "the run-poller ignored its cancellation"
