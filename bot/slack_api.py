@@ -325,6 +325,11 @@ class SlackGateway:
         response = await self._call("auth.test", self.client.auth_test())
         return dict(response.data) if isinstance(response.data, dict) else {}
 
+    async def open_socket_connection(self, app_token: str) -> str:
+        """apps.connections.open with the app-level token: the WebSocket URL for Socket Mode."""
+        response = await self._call("apps.connections.open", self.client.apps_connections_open(app_token=app_token))
+        return str(response["url"])
+
     def _session(self) -> aiohttp.ClientSession:
         if self._http is None:
             self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600, sock_read=60))
