@@ -327,7 +327,9 @@ class SlackGateway:
 
     async def open_socket_connection(self, app_token: str) -> str:
         """apps.connections.open with the app-level token: the WebSocket URL for Socket Mode."""
-        response = await self._call("apps.connections.open", self.client.apps_connections_open(app_token=app_token))
+        response = await self._call(
+            "apps.connections.open", self.client.apps_connections_open(app_token=app_token)
+        )
         return str(response["url"])
 
     def _session(self) -> aiohttp.ClientSession:
