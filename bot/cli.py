@@ -7,8 +7,9 @@ import asyncio
 import contextlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+from bot import manifest as app_manifest
 from bot.config import DatabaseSettings, Settings, load_settings
 from bot.errors import ConfigError
 
@@ -42,12 +43,51 @@ def _parser() -> argparse.ArgumentParser:
     ):
         command = commands.add_parser(name, help=text, description=text)
         command.set_defaults(handler=handler)
-    manifest = commands.add_parser("manifest", help="print the Slack app manifest (YAML)")
-    manifest.add_argument("--url", default="https://tutor.example.com", help="the app's public base URL")
-    manifest.add_argument("--name", default="slack-tutor", help="the app's name in Slack")
-    manifest.add_argument("--socket-mode", action="store_true", help="for Socket Mode (SLACK_APP_TOKEN)")
-    manifest.set_defaults(handler=_manifest)
+    _add_manifest_command(commands)
     return parser
+
+
+def _add_manifest_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    text = "print the Slack app manifest to paste into Create New App → From a manifest"
+    command = commands.add_parser("manifest", help=text, description=text)
+    where = command.add_mutually_exclusive_group()
+    where.add_argument(
+        "--url",
+        type=_checked(app_manifest.events_url),
+        metavar="https://HOST[/PATH]",
+        help="the bot's public base URL; Slack is sent to <url>/slack/events (HTTP mode)",
+    )
+    where.add_argument(
+        "--socket-mode",
+        action="store_true",
+        help="for a bot Slack can't reach (SLACK_APP_TOKEN): no Request URLs",
+    )
+    command.add_argument(
+        "--name",
+        type=_checked(app_manifest.app_name),
+        default="slack-tutor",
+        help=f"the app's name in Slack (at most {app_manifest.NAME_MAX} characters)",
+    )
+    command.add_argument(
+        "--bot-name",
+        type=_checked(app_manifest.bot_display_name),
+        default="tutor",
+        help=f"the bot user's display name (at most {app_manifest.BOT_NAME_MAX} characters)",
+    )
+    command.add_argument("--format", choices=("yaml", "json"), default="yaml", help="yaml (default) or json")
+    command.set_defaults(handler=_manifest, manifest_parser=command)
+
+
+def _checked(check: Callable[[str], str]) -> Callable[[str], str]:
+    """An argparse `type` from a manifest check: its sentence becomes argparse's error (exit 2)."""
+
+    def convert(value: str) -> str:
+        try:
+            return check(value)
+        except app_manifest.ManifestError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
 
 
 def _setup_logging(settings: Settings) -> None:
@@ -94,9 +134,13 @@ def _migrate(_args: argparse.Namespace) -> int:
 
 
 def _manifest(args: argparse.Namespace) -> int:
-    from bot.manifest import manifest
-
-    print(manifest(args.url, name=args.name, socket_mode=args.socket_mode), end="")
+    if args.url is None and not args.socket_mode:
+        args.manifest_parser.error(
+            "--url is required: the bot's public https:// address, which Slack sends events to "
+            "(e.g. --url https://tutor.example.com); use --socket-mode instead if Slack can't reach the bot"
+        )
+    manifest = app_manifest.build(name=args.name, bot_name=args.bot_name, request_url=args.url)
+    print(app_manifest.render(manifest, format=args.format), end="")
     return 0
 
 

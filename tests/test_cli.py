@@ -54,25 +54,6 @@ async def test_settings_from_dotenv_and_socket_mode_needs_no_signing_secret(tmp_
     assert "xoxb-from-dotenv" not in err
 
 
-async def test_manifest_points_every_url_at_the_events_endpoint(tmp_path: Path) -> None:
-    code, out, _ = await _run_cli(
-        "manifest", "--url", "https://tutor.example.org/", cwd=tmp_path, env=BASE_ENV
-    )
-    assert code == 0
-    assert out.count("https://tutor.example.org/slack/events") == 3
-    for needed in (
-        "app_mentions:read",
-        "chat:write",
-        "files:write",
-        "users:read",
-        "message.im",
-        "/tutor",
-        "agent_view",
-        "tutor_reset_thread",
-    ):
-        assert needed in out
-
-
 async def test_run_from_a_fresh_directory_answers_a_mention(
     tmp_path: Path, fake_slack: FakeSlack, fake_openai: FakeOpenAI
 ) -> None:
