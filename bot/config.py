@@ -46,6 +46,12 @@ class Settings(DatabaseSettings):
 
     port: int = 3000
     log_level: str = "INFO"
+    #: `json`: one JSON object per line, with run_id, team, channel, thread_ts and response_id.
+    log_format: Literal["text", "json"] = "text"
+    #: Serve Prometheus metrics on `GET /metrics` (same port as /healthz; not for the public).
+    tutor_metrics: bool = True
+    #: /healthz fails when the run-poller's loop has not come round for this long.
+    tutor_stall_seconds: float = Field(default=60.0, gt=0)
 
     #: Seconds between polls of a running response; idle workers look for new runs twice as often.
     tutor_poll_interval: float = Field(default=1.0, gt=0)
