@@ -5,8 +5,9 @@ Everything leaving this module is one of our dataclasses or a `bot.errors.TutorE
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -14,6 +15,7 @@ import openai
 from openai import AsyncOpenAI
 
 from bot import errors
+from bot.metrics import CallMetrics, Metrics
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +114,13 @@ class OpenAIGateway:
     """Async facade over the OpenAI SDK with the retry policy openai.md §9 asks for."""
 
     def __init__(
-        self, *, api_key: str, base_url: str | None = None, max_retries: int = 1, timeout: float = 10.0
+        self,
+        *,
+        api_key: str,
+        base_url: str | None = None,
+        max_retries: int = 1,
+        timeout: float = 10.0,
+        metrics: CallMetrics | None = None,
     ) -> None:
         # Deadlines fit the call: a retrieve or a list is quick or it is an outage, and the poller
         # retries it later; only uploads of large files get minutes.
@@ -126,15 +134,26 @@ class OpenAIGateway:
         # POST /responses carries no idempotency key: an SDK retry could start a second run.
         # A background create only enqueues the run.
         self._create_client = self._client.with_options(max_retries=0, timeout=2 * timeout)
+        self._metrics = metrics or Metrics().openai
 
     async def close(self) -> None:
         await self._client.close()
 
-    async def create_conversation(self, metadata: Mapping[str, str]) -> str:
+    @contextlib.contextmanager
+    def _calling(self, what: str, *, creating: bool = False, missing_ok: bool = False) -> Iterator[None]:
+        """The one place an SDK call is counted, timed and its error translated; with `missing_ok`
+        a 404 ends the block quietly (the caller goes on after it)."""
         try:
-            conversation = await self._client.conversations.create(metadata=dict(metadata))
+            with self._metrics.timing(what, _error_name):
+                yield
         except openai.OpenAIError as exc:
-            raise _translate(exc, "conversations.create") from None
+            if missing_ok and isinstance(exc, openai.NotFoundError):
+                return
+            raise _translate(exc, what, creating=creating) from None
+
+    async def create_conversation(self, metadata: Mapping[str, str]) -> str:
+        with self._calling("conversations.create"):
+            conversation = await self._client.conversations.create(metadata=dict(metadata))
         return conversation.id
 
     async def ensure_container(
@@ -142,41 +161,31 @@ class OpenAIGateway:
     ) -> tuple[str, bool]:
         """Return an active container id, and whether it is new (files re-added, Python state gone)."""
         if container_id:
-            try:
+            with self._calling("containers.retrieve", missing_ok=True):
                 container = await self._client.containers.retrieve(container_id)
                 if container.status == "active":
                     return container.id, False
-            except openai.NotFoundError:
-                pass
-            except openai.OpenAIError as exc:
-                raise _translate(exc, "containers.retrieve") from None
-        try:
+        with self._calling("containers.create"):
             created = await self._client.containers.create(
                 name=name[:200],
                 expires_after={"anchor": "last_active_at", "minutes": CONTAINER_IDLE_MINUTES},
                 file_ids=list(file_ids),
                 timeout=6 * self._timeout,  # copies the thread's files into the new sandbox
             )
-        except openai.OpenAIError as exc:
-            raise _translate(exc, "containers.create") from None
         return created.id, True
 
     async def upload_file(self, name: str, content: IO[bytes], mimetype: str) -> str:
         """Files API upload (purpose user_data), streamed from `content`; returns the file id."""
-        try:
+        with self._calling("files.create"):
             uploaded = await self._client.files.create(
                 file=(name, content, mimetype), purpose="user_data", timeout=600.0
             )
-        except openai.OpenAIError as exc:
-            raise _translate(exc, "files.create") from None
         return uploaded.id
 
     async def add_to_container(self, container_id: str, file_id: str) -> str:
         """Copy a Files API file into the sandbox; returns the path the code sees."""
-        try:
+        with self._calling("containers.files.create"):
             added = await self._client.containers.files.create(container_id, file_id=file_id, timeout=300.0)
-        except openai.OpenAIError as exc:
-            raise _translate(exc, "containers.files.create") from None
         return added.path
 
     async def start_run(self, request: RunRequest) -> ModelReply:
@@ -188,7 +197,7 @@ class OpenAIGateway:
         tools: list[Any] = []
         if request.container_id:
             tools.append({"type": "code_interpreter", "container": request.container_id})
-        try:
+        with self._calling("responses.create", creating=True):
             response = await self._create_client.responses.create(
                 model=request.model,
                 conversation=request.conversation_id,
@@ -203,33 +212,25 @@ class OpenAIGateway:
                 reasoning=reasoning,
                 metadata=dict(request.metadata),
             )
-        except openai.OpenAIError as exc:
-            raise _translate(exc, "responses.create", creating=True) from None
         log.info("response %s created (request %s)", response.id, response._request_id)
         return _reply_from(response.id, response.status or "queued", response.output, response)
 
     async def get_run(self, response_id: str) -> ModelReply:
-        try:
+        with self._calling("responses.retrieve"):
             response = await self._client.responses.retrieve(response_id, include=INCLUDE)
-        except openai.OpenAIError as exc:
-            raise _translate(exc, "responses.retrieve") from None
         return _reply_from(response.id, response.status or "queued", response.output, response)
 
     async def cancel_run(self, response_id: str) -> ModelReply:
-        try:
+        with self._calling("responses.cancel"):
             response = await self._client.responses.cancel(response_id)
-        except openai.OpenAIError as exc:
-            raise _translate(exc, "responses.cancel") from None
         return _reply_from(response.id, response.status or "cancelled", response.output, response)
 
     async def find_answer(self, conversation_id: str, marker: str) -> ModelReply | None:
         """After an ambiguous create: the answer to the turn that starts with `marker`, if it landed."""
-        try:
+        with self._calling("conversations.items.list"):
             page = await self._client.conversations.items.list(
                 conversation_id, order="desc", limit=50, include=INCLUDE
             )
-        except openai.OpenAIError as exc:
-            raise _translate(exc, "conversations.items.list") from None
         newer: list[Any] = []
         for item in page.data:
             if item.type == "message" and item.role == "user":
@@ -244,7 +245,7 @@ class OpenAIGateway:
 
     async def list_container_files(self, container_id: str) -> list[ContainerFile]:
         found: list[ContainerFile] = []
-        try:
+        with self._calling("containers.files.list"):
             async for item in self._client.containers.files.list(container_id, order="asc", limit=100):
                 found.append(
                     ContainerFile(
@@ -255,17 +256,13 @@ class OpenAIGateway:
                         created_at=int(item.created_at),
                     )
                 )
-        except openai.OpenAIError as exc:
-            raise _translate(exc, "containers.files.list") from None
         return found
 
     async def download_container_file(self, container_id: str, file_id: str) -> bytes:
-        try:
+        with self._calling("containers.files.content"):
             content = await self._client.containers.files.content.retrieve(
                 file_id, container_id=container_id, timeout=max(60.0, self._timeout)
             )
-        except openai.OpenAIError as exc:
-            raise _translate(exc, "containers.files.content") from None
         return content.content
 
     async def delete_conversation(self, conversation_id: str) -> None:
@@ -279,19 +276,12 @@ class OpenAIGateway:
 
     async def check_model(self, model: str) -> None:
         """For `doctor`: the key works and the model exists."""
-        try:
+        with self._calling("models.retrieve"):
             await self._client.models.retrieve(model)
-        except openai.OpenAIError as exc:
-            raise _translate(exc, "models.retrieve") from None
 
-    @staticmethod
-    async def _delete(call: Any, what: str) -> None:
-        try:
+    async def _delete(self, call: Any, what: str) -> None:
+        with self._calling(what, missing_ok=True):  # already gone is as good as deleted
             await call
-        except openai.NotFoundError:
-            return
-        except openai.OpenAIError as exc:
-            raise _translate(exc, what) from None
 
 
 def _reply_from(response_id: str | None, status: str, items: Iterable[Any], response: Any) -> ModelReply:
@@ -346,6 +336,13 @@ def _retry_after(exc: openai.APIStatusError) -> float | None:
             except ValueError:
                 continue
     return None
+
+
+def _error_name(exc: Exception) -> str:
+    """A metric label for a failed call: the HTTP status, or the exception (timeout, connection)."""
+    if isinstance(exc, openai.APIStatusError):
+        return str(exc.status_code)
+    return type(exc).__name__
 
 
 def _translate(exc: openai.OpenAIError, what: str, *, creating: bool = False) -> errors.TutorError:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,7 @@ from bot.config import Settings
 from bot.errors import ConfigError
 from bot.handlers.http import MalformedRequest, RawBodyVerifier, bolt_request, is_ssl_check, signature_problem
 from bot.identity import BotIdentity
+from bot.metrics import CONTENT_TYPE, Metrics
 from bot.poller import Poller
 from bot.reply import Replier
 from bot.slack_api import SlackGateway, make_web_client
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 EVENTS_PATH = "/slack/events"
 #: How long startup waits for auth.test before serving anyway (it keeps trying in the background).
 IDENTITY_WAIT = 2.0
+#: /healthz gives the database this long to answer `SELECT 1` (a load balancer's probe has a timeout).
+HEALTH_DB_TIMEOUT = 2.0
 #: How long a background task may take to stop beyond the poller's grace period (it bounds its own
 #: database steps to 5 s each); past it the process stops anyway, saying which task hung.
 STOP_MARGIN = 15.0
@@ -57,6 +60,7 @@ class Components:
     socket: SocketModeLink | None = None
     #: Called with one sentence when the process cannot go on (e.g. Slack refused the app token).
     on_fatal: Callable[[str], None] = field(default=log_fatal)
+    metrics: Metrics = field(default_factory=Metrics)
 
     async def close(self) -> None:
         await self.ai.close()
@@ -70,17 +74,29 @@ class Components:
 def build(settings: Settings) -> Components:
     engine = make_engine(settings.database_url)
     sessions = make_sessionmaker(engine)
+    metrics = Metrics()
+    metrics.track_queue(engine)
     token = settings.slack_bot_token.get_secret_value()
     client = make_web_client(token, settings.slack_api_url)
-    slack = SlackGateway(client)
+    slack = SlackGateway(client, metrics=metrics.slack)
     ai = OpenAIGateway(
         api_key=settings.openai_api_key.get_secret_value(),
         base_url=settings.openai_base_url,
         timeout=settings.tutor_openai_timeout,
+        metrics=metrics.openai,
     )
     tutor = Tutor(sessions=sessions, ai=ai, slack=slack, settings=settings)
     replier = Replier(sessions=sessions, ai=ai, slack=slack, max_file_mb=settings.tutor_max_file_mb)
-    poller = Poller(engine=engine, sessions=sessions, tutor=tutor, replier=replier, ai=ai, settings=settings)
+    poller = Poller(
+        engine=engine,
+        sessions=sessions,
+        tutor=tutor,
+        replier=replier,
+        ai=ai,
+        settings=settings,
+        metrics=metrics,
+    )
+    metrics.track_worker(poller)
     identity = BotIdentity(slack, token)
 
     async def authorize(enterprise_id: str | None, team_id: str | None) -> AuthorizeResult:
@@ -100,11 +116,13 @@ def build(settings: Settings) -> Components:
         # Requests no listener handles reach handlers.on_error: 200 and one line, not 404.
         raise_error_for_unhandled_request=True,
     )
-    handlers.register(bolt, tutor)
+    handlers.register(bolt, tutor, metrics)
     socket = None
     if settings.slack_app_token is not None:
-        socket = SocketModeLink(bolt, settings.slack_app_token.get_secret_value())
-    components = Components(settings, engine, sessions, ai, slack, tutor, poller, bolt, identity, socket)
+        socket = SocketModeLink(bolt, settings.slack_app_token.get_secret_value(), metrics)
+    components = Components(
+        settings, engine, sessions, ai, slack, tutor, poller, bolt, identity, socket, metrics=metrics
+    )
     if socket is not None:
         socket.on_fatal = lambda reason: components.on_fatal(reason)
     return components
@@ -121,10 +139,33 @@ class _NotAboutTheEnvToken(logging.Filter):
 logging.getLogger("slack_bolt.AsyncApp").addFilter(_NotAboutTheEnvToken())
 
 
-def web_app(components: Components, *, with_worker: bool) -> web.Application:
-    """`POST /slack/events` (events, commands, interactivity) and `GET /healthz`."""
+def web_app(components: Components, *, with_worker: bool, with_slack: bool = True) -> web.Application:
+    """`POST /slack/events` (events, commands, interactivity), `GET /healthz` and `GET /metrics`.
+
+    Without Slack (`slack-tutor worker`) only /healthz and /metrics: the worker's own health (its
+    loop) and figures (OpenAI calls, polls) are known only inside its process.
+    """
     app = web.Application()
-    bolt = components.bolt
+    if with_slack and not components.settings.socket_mode:
+        app.router.add_post(EVENTS_PATH, _slack_endpoint(components))
+
+    async def healthz(_request: web.Request) -> web.Response:
+        status = await _health(components, with_worker=with_worker, with_slack=with_slack)
+        return web.json_response(status, status=200 if status["ok"] else 503)
+
+    app.router.add_get("/healthz", healthz)
+    if components.settings.tutor_metrics:
+
+        async def metrics(_request: web.Request) -> web.Response:
+            body = await components.metrics.exposition()
+            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+        app.router.add_get("/metrics", metrics)
+    app.cleanup_ctx.append(_lifecycle(components, with_worker=with_worker, with_slack=with_slack))
+    return app
+
+
+def _slack_endpoint(components: Components) -> Callable[[web.Request], Awaitable[web.Response]]:
     secret = components.settings.slack_signing_secret
     verifier = RawBodyVerifier(secret.get_secret_value()) if secret else None
 
@@ -142,46 +183,61 @@ def web_app(components: Components, *, with_worker: bool) -> web.Application:
             # Signed, so from Slack: a retry would bring the same body again.
             log.warning("acknowledged a signed request Bolt can't route: %s", exc)
             return web.Response(status=200)
-        return await to_aiohttp_response(await bolt.async_dispatch(bolt_req))
+        return await to_aiohttp_response(
+            await handlers.dispatch(components.bolt, bolt_req, components.metrics)
+        )
 
-    async def healthz(_request: web.Request) -> web.Response:
-        try:
-            async with components.engine.connect() as connection:
-                await connection.execute(text("SELECT 1"))
-        except Exception as exc:
-            log.warning("health check: database unreachable (%s)", type(exc).__name__)
-            return web.json_response({"ok": False, "database": "unreachable"}, status=503)
-        status: dict[str, Any] = {"ok": True, "database": "ok", "worker": with_worker}
-        if components.socket is not None:
-            connected = await components.socket.connected()
-            status.update(ok=connected, slack="connected" if connected else "connecting")
-            if not connected:
-                return web.json_response(status, status=503)
-        return web.json_response(status)
+    return slack_events
 
-    if not components.settings.socket_mode:
-        app.router.add_post(EVENTS_PATH, slack_events)
-    app.router.add_get("/healthz", healthz)
-    app.cleanup_ctx.append(_lifecycle(components, with_worker=with_worker))
-    return app
+
+async def _health(components: Components, *, with_worker: bool, with_slack: bool) -> dict[str, Any]:
+    """Each part's state; `ok` is false when one is failing. Parts that are fine keep the fields
+    /healthz always had; `identity` appears only when it fails."""
+    stall = components.settings.tutor_stall_seconds
+    status: dict[str, Any] = {"database": await _database_state(components.engine), "worker": with_worker}
+    failing = status["database"] != "ok"
+    if with_worker and (components.poller.seconds_since_loop() or 0.0) > stall:
+        status["worker"] = "stalled"
+        failing = True
+    if with_slack and components.identity.unresolved_for() > stall:
+        status["identity"] = "unresolved"  # auth.test has not answered since startup
+        failing = True
+    if with_slack and components.socket is not None:
+        connected = await components.socket.connected()
+        status["slack"] = "connected" if connected else "connecting"
+        failing = failing or not connected
+    if failing:
+        log.warning("health check failing: %s", status)
+    return {"ok": not failing, **status}
+
+
+async def _database_state(engine: AsyncEngine) -> str:
+    try:
+        async with asyncio.timeout(HEALTH_DB_TIMEOUT), engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+    except Exception as exc:
+        log.warning("health check: database unreachable (%s)", type(exc).__name__)
+        return "unreachable"
+    return "ok"
 
 
 def _lifecycle(
-    components: Components, *, with_worker: bool
+    components: Components, *, with_worker: bool, with_slack: bool
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
-        tasks: list[asyncio.Task[None]] = [
-            asyncio.create_task(components.identity.keep_fresh(), name="slack-identity")
-        ]
+        tasks: list[asyncio.Task[None]] = []
+        if with_slack:
+            tasks.append(asyncio.create_task(components.identity.keep_fresh(), name="slack-identity"))
         if with_worker:
             components.tutor.wake = components.poller.wake
             tasks.append(asyncio.create_task(components.poller.run_forever(), name="run-poller"))
-        if components.socket is not None:
+        if with_slack and components.socket is not None:
             tasks.append(asyncio.create_task(components.socket.run(), name="socket-mode"))
-        # Usually answered in milliseconds; if Slack is down, serve anyway (questions are stored).
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(IDENTITY_WAIT):
-                await components.identity.resolved.wait()
+        if with_slack:
+            # Usually answered in milliseconds; if Slack is down, serve anyway (questions are stored).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(IDENTITY_WAIT):
+                    await components.identity.resolved.wait()
         yield
         for task in tasks:
             await _stop(task, within=components.settings.tutor_shutdown_grace + STOP_MARGIN)
@@ -212,13 +268,6 @@ async def serve(settings: Settings, *, with_web: bool, with_worker: bool) -> Non
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     components = build(settings)
-    if not with_web:
-        components.tutor.wake = components.poller.wake
-        poller = asyncio.create_task(components.poller.run_forever(), name="run-poller")
-        await stop.wait()
-        await _stop(poller, within=settings.tutor_shutdown_grace + STOP_MARGIN)
-        await components.close()
-        return
     fatal: list[str] = []
 
     def give_up(reason: str) -> None:
@@ -226,13 +275,28 @@ async def serve(settings: Settings, *, with_web: bool, with_worker: bool) -> Non
         stop.set()
 
     components.on_fatal = give_up
-    runner = web.AppRunner(web_app(components, with_worker=with_worker), access_log=None)
+    app = web_app(components, with_worker=with_worker, with_slack=with_web)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host="0.0.0.0", port=settings.port)  # noqa: S104 - a server
-    await site.start()
-    log.info("listening on :%s (%s)", settings.port, "Socket Mode" if settings.socket_mode else EVENTS_PATH)
-    await stop.wait()
-    log.info("shutting down")
-    await runner.cleanup()
+    try:
+        await _listen(runner, settings, with_web=with_web)
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await runner.cleanup()
     if fatal:
         raise ConfigError(fatal[0])
+
+
+async def _listen(runner: web.AppRunner, settings: Settings, *, with_web: bool) -> None:
+    site = web.TCPSite(runner, host="0.0.0.0", port=settings.port)  # noqa: S104 - a server
+    try:
+        await site.start()
+    except OSError as exc:
+        if with_web:
+            raise
+        # A worker's /healthz and /metrics are for watching it: its runs go on without them.
+        log.warning("not serving /healthz and /metrics: port %s is unavailable (%s)", settings.port, exc)
+        return
+    serving = "Socket Mode" if settings.socket_mode else EVENTS_PATH
+    log.info("listening on :%s (%s)", settings.port, serving if with_web else "/healthz, /metrics")

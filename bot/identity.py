@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from slack_bolt.authorization import AuthorizeResult
 
@@ -30,6 +31,7 @@ class BotIdentity:
         self.bot_id: str | None = None
         self.team_id: str | None = None
         self.resolved = asyncio.Event()
+        self._since = time.monotonic()
 
     def authorization(self, *, enterprise_id: str | None, team_id: str | None) -> AuthorizeResult:
         # Until auth.test answers, bot_user_id is unknown; the event's `authorizations` stand in.
@@ -40,6 +42,10 @@ class BotIdentity:
             bot_id=self.bot_id,
             bot_token=self._token,
         )
+
+    def unresolved_for(self) -> float:
+        """Seconds since the gateway was made, while auth.test has never answered; 0 once it has."""
+        return 0.0 if self.resolved.is_set() else time.monotonic() - self._since
 
     async def refresh(self) -> None:
         async with asyncio.timeout(self.TIMEOUT):  # not wait_for: it can lose a cancellation on 3.11

@@ -19,6 +19,7 @@ import functools
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
@@ -32,6 +33,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 from bot import errors
 from bot.ai import ModelReply, OpenAIGateway
 from bot.config import Settings
+from bot.logs import bind, log_context
+from bot.metrics import Metrics
 from bot.reply import SLOW_NOTICE, Replier
 from bot.tutor import Tutor, marker
 from db import leases, repo
@@ -70,6 +73,7 @@ class Poller:
         ai: OpenAIGateway,
         settings: Settings,
         owner: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._sessions = sessions
         self._engine = engine
@@ -86,13 +90,25 @@ class Poller:
         self._to_release: set[int] = set()
         self._liveness: AsyncConnection | None = None
         self._postgres = self._engine.dialect.name == "postgresql"
+        self._metrics = metrics or Metrics()
+        #: time.monotonic() of the claim loop's last iteration: /healthz says when it stalls.
+        self._last_loop: float | None = None
 
     def wake(self) -> None:
         """Look for work now (a question or a reset was just stored in this process)."""
         self._wakeup.set()
         self._cleanup_wakeup.set()
 
+    def seconds_since_loop(self) -> float | None:
+        """How long ago the claim loop last came round; None before the poller started."""
+        return None if self._last_loop is None else time.monotonic() - self._last_loop
+
+    @property
+    def active_runs(self) -> int:
+        return len(self._active)
+
     async def run_forever(self) -> None:
+        self._last_loop = time.monotonic()
         log.info(
             "run-poller %s started (%d runs at once)", self.owner, self._settings.tutor_worker_concurrency
         )
@@ -113,6 +129,7 @@ class Poller:
         loop = asyncio.get_running_loop()
         next_rescue = 0.0
         while True:
+            self._last_loop = time.monotonic()
             free = self._settings.tutor_worker_concurrency - len(self._active)
             claimed = 0
             if free > 0:
@@ -198,6 +215,7 @@ class Poller:
                     count = await leases.release_leases(session)
                 if count:
                     log.info("run-poller: resuming %d runs of a stopped worker", count)
+                    self._metrics.rescued(count, reason="restart")
         except (SQLAlchemyError, OSError) as exc:
             log.warning("run-poller: database unavailable at start (%s)", _describe(exc))
 
@@ -225,6 +243,7 @@ class Poller:
             count = await leases.release_leases(session, owners=dead) if dead else 0
         if count:
             log.warning("run-poller: took over %d runs of stopped workers %s", count, ", ".join(dead))
+            self._metrics.rescued(count, reason="dead_worker")
             self._wakeup.set()
 
     async def _heartbeat_forever(self) -> None:
@@ -270,6 +289,16 @@ class Poller:
     # Driving one run
 
     async def _drive(self, run: Run) -> None:
+        with log_context(
+            run_id=run.id,
+            team=run.team_id,
+            channel=run.channel_id,
+            thread_ts=run.reply_thread_ts or run.message_ts,
+            response_id=run.response_id,
+        ):
+            await self._drive_in_context(run)
+
+    async def _drive_in_context(self, run: Run) -> None:
         try:
             try:
                 if self._out_of_time(run):
@@ -380,6 +409,7 @@ class Poller:
         except errors.TutorError:
             await self._save(run, status="queued", keep_lease=True)
             raise
+        bind(response_id=started.response_id)
         log.info("run %s: response %s started", run.id, started.response_id)
         await self._save(
             run,
@@ -413,6 +443,7 @@ class Poller:
     async def _poll(self, run: Run) -> None:
         assert run.response_id is not None
         reply = await self._ai.get_run(run.response_id)
+        self._metrics.polled(reply.status)
         if not reply.finished:
             await self._keep_status_fresh(run, reply)
             progress: dict[str, Any] = {"attempts": 0, "failing_since": None} if run.attempts else {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 from urllib.parse import urljoin, urlsplit
@@ -20,6 +20,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import errors
+from bot.metrics import CallMetrics, Metrics
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,9 @@ def origin(url: str) -> str:
 
 
 class SlackGateway:
-    def __init__(self, client: AsyncWebClient) -> None:
+    def __init__(self, client: AsyncWebClient, *, metrics: CallMetrics | None = None) -> None:
         self.client = client
+        self._metrics = metrics or Metrics().slack
         # The bot token is only ever sent to Slack's file host and the configured API host.
         self.file_origins = frozenset({SLACK_FILE_ORIGIN, origin(client.base_url)})
         # Posting is not idempotent: a 5xx or dropped connection may hide a success, and a blind
@@ -122,6 +124,7 @@ class SlackGateway:
 
     async def find_post(self, place: Place, *, delivery_key: str, oldest: str) -> str | None:
         """The ts of an earlier post tagged `delivery_key` (a crash may have hidden its success)."""
+        method = "conversations.replies" if place.thread_ts else "conversations.history"
         if place.thread_ts:
             call = self.client.conversations_replies(
                 channel=place.channel_id,
@@ -135,7 +138,7 @@ class SlackGateway:
                 channel=place.channel_id, oldest=oldest, include_all_metadata=True, limit=200
             )
         try:
-            response = await self._call("conversations.replies", call)
+            response = await self._call(method, call)
         except errors.SlackDeliveryFailed as exc:
             if "thread_not_found" in exc.detail:
                 return None  # nothing was posted there
@@ -175,7 +178,7 @@ class SlackGateway:
 
     async def is_shared(self, file_id: str, channel_id: str) -> bool:
         try:
-            response = await self.client.files_info(file=file_id)
+            response = await self._timed("files.info", self.client.files_info(file=file_id))
         except SlackApiError:
             return False
         shares = (response.get("file") or {}).get("shares") or {}
@@ -185,7 +188,7 @@ class SlackGateway:
         """The full file object; retried briefly while Slack is still processing the upload."""
         for pause in (*FILE_INFO_BACKOFF, None):
             try:
-                response = await self.client.files_info(file=file_id)
+                response = await self._timed("files.info", self.client.files_info(file=file_id))
             except SlackApiError as exc:
                 log.info("files.info %s: %s", file_id, exc.response.get("error"))
                 raise errors.FileDownloadFailed(
@@ -235,9 +238,11 @@ class SlackGateway:
 
     async def show_status(self, place: Place, status: str, *, message_ts: str) -> None:
         """A visible sign of work: thread status where there is a thread, else a reaction."""
+        method = "assistant.threads.setStatus" if place.thread_ts else "reactions"
         try:
-            async with asyncio.timeout(COSMETIC_TIMEOUT):
-                await self._show_status(place, status, message_ts=message_ts)
+            with self._metrics.timing(method, _error_name):
+                async with asyncio.timeout(COSMETIC_TIMEOUT):
+                    await self._show_status(place, status, message_ts=message_ts)
         except SlackApiError as exc:
             # Cosmetic: never let it fail a run.
             log.info("status not shown in %s: %s", place.channel_id, exc.response.get("error"))
@@ -280,17 +285,19 @@ class SlackGateway:
 
     async def permalink(self, channel_id: str, message_ts: str) -> str | None:
         try:
-            response = await self.client.chat_getPermalink(channel=channel_id, message_ts=message_ts)
+            response = await self._timed(
+                "chat.getPermalink", self.client.chat_getPermalink(channel=channel_id, message_ts=message_ts)
+            )
         except SlackApiError:
             return None
         return str(response.get("permalink") or "") or None
 
-    @staticmethod
-    async def _cosmetic(method: str, call: Any) -> None:
+    async def _cosmetic(self, method: str, call: Any) -> None:
         """Calls whose failure must not fail anything else: logged, not raised."""
         try:
-            async with asyncio.timeout(COSMETIC_TIMEOUT):
-                await call
+            with self._metrics.timing(method, _error_name):
+                async with asyncio.timeout(COSMETIC_TIMEOUT):
+                    await call
         except SlackApiError as exc:
             log.info("%s failed: %s", method, exc.response.get("error"))
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -301,8 +308,9 @@ class SlackGateway:
         if cached and cached[1] > time.monotonic():
             return cached[0]
         try:
-            async with asyncio.timeout(COSMETIC_TIMEOUT):
-                response = await self.client.users_info(user=user_id)
+            with self._metrics.timing("users.info", _error_name):
+                async with asyncio.timeout(COSMETIC_TIMEOUT):
+                    response = await self.client.users_info(user=user_id)
         except SlackApiError as exc:
             log.info("users.info %s failed: %s", user_id, exc.response.get("error"))
             return ""
@@ -337,10 +345,14 @@ class SlackGateway:
             self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600, sock_read=60))
         return self._http
 
-    @staticmethod
-    async def _call(method: str, call: Any) -> Any:
-        try:
+    async def _timed(self, method: str, call: Awaitable[Any]) -> Any:
+        with self._metrics.timing(method, _error_name):
             return await call
+
+    async def _call(self, method: str, call: Awaitable[Any]) -> Any:
+        """A Web API call whose failure is the caller's: SDK errors become SlackDeliveryFailed."""
+        try:
+            return await self._timed(method, call)
         except SlackApiError as exc:
             error = str(exc.response.get("error"))
             log.warning("%s failed: %s", method, error)
@@ -351,3 +363,10 @@ class SlackGateway:
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("%s failed: %s", method, type(exc).__name__)
             raise errors.SlackDeliveryFailed(f"{method}: {type(exc).__name__}") from None
+
+
+def _error_name(exc: Exception) -> str:
+    """A metric label for a failed call: Slack's error code, or the exception (timeout, connection)."""
+    if isinstance(exc, SlackApiError):
+        return str(exc.response.get("error") or exc.response.status_code)[:40]
+    return type(exc).__name__

@@ -6,17 +6,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 
 import aiohttp
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from slack_bolt.adapter.socket_mode.async_internals import send_async_response
+from slack_bolt.adapter.socket_mode.internals import build_headers
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.errors import SlackApiError
 from slack_sdk.socket_mode.async_client import AsyncBaseSocketModeClient
 from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
 
 from bot import handlers
+from bot.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +64,18 @@ _SOCKET_LOG.addFilter(_OneLine())
 
 class _SocketModeHandler(AsyncSocketModeHandler):
     """Bolt's handler, acknowledging envelopes whose payload Bolt couldn't route (see payload_problem):
-    unacknowledged, Slack would deliver them again and again."""
+    unacknowledged, Slack would deliver them again and again. Routable ones go through
+    `handlers.dispatch`, as HTTP requests do."""
+
+    metrics: Metrics
 
     async def handle(self, client: AsyncBaseSocketModeClient, req: SocketModeRequest) -> None:
         problem = handlers.payload_problem(req.payload)
         if problem is None:
-            await super().handle(client, req)  # type: ignore[arg-type]
+            started = time.time()
+            request = AsyncBoltRequest(mode="socket_mode", body=req.payload, headers=build_headers(req))
+            response = await handlers.dispatch(self.app, request, self.metrics)
+            await send_async_response(client, req, response, started)
             return
         log.warning("acknowledged a malformed %s envelope: %s", req.type, problem)
         await client.send_socket_mode_response(SocketModeResponse(envelope_id=req.envelope_id))
@@ -81,9 +92,10 @@ class SocketModeLink:
     FIRST_RETRY = 1.0
     MAX_RETRY = 30.0
 
-    def __init__(self, bolt: AsyncApp, app_token: str) -> None:
+    def __init__(self, bolt: AsyncApp, app_token: str, metrics: Metrics) -> None:
         self._bolt = bolt
         self._token = app_token
+        self._metrics = metrics
         self._handler: _SocketModeHandler | None = None
         self.on_fatal: Callable[[str], None] = log_fatal
 
@@ -92,6 +104,7 @@ class SocketModeLink:
 
     async def run(self) -> None:
         self._handler = _SocketModeHandler(self._bolt, self._token, logger=_SOCKET_LOG)
+        self._handler.metrics = self._metrics
         client = self._handler.client
         delay = self.FIRST_RETRY
         attempt = 0

@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.error import BoltUnhandledRequestError
+from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.response import BoltResponse
 
 from bot.handlers import actions, commands, events, surfaces
+from bot.logs import log_context
+from bot.metrics import Metrics
 from bot.tutor import Tutor
 
 log = logging.getLogger(__name__)
 
+#: What a metric label may hold of a request's type (Slack's names are short snake_case).
+_KIND = re.compile(r"[a-z][a-z0-9_.]{0,39}")
 
-def register(app: AsyncApp, tutor: Tutor) -> None:
-    events.register(app, tutor)
+
+def register(app: AsyncApp, tutor: Tutor, metrics: Metrics) -> None:
+    events.register(app, tutor, metrics)
     commands.register(app, tutor)
     actions.register(app, tutor)
     surfaces.register(app, tutor)
@@ -38,6 +45,51 @@ async def on_error(error: Exception, body: dict[str, Any]) -> BoltResponse | Non
         return BoltResponse(status=503, body="")
     log.error("failed to handle a %s", describe(body), exc_info=error)
     return None
+
+
+async def dispatch(app: AsyncApp, request: AsyncBoltRequest, metrics: Metrics) -> BoltResponse:
+    """Both transports (HTTP and Socket Mode) hand every routable request to Bolt here: it is
+    counted as received, and as acked when Slack gets its 200; its log lines carry where it is from."""
+    kind = request_kind(request.body)
+    metrics.received(kind)
+    with log_context(**where(request.body)):
+        response = await app.async_dispatch(request)
+    if response.status == 200:
+        metrics.acked(kind)
+    return response
+
+
+def request_kind(body: object) -> str:
+    """The request's type as a metric label: the event's type, `slash_command`, `block_actions`…"""
+    if not isinstance(body, dict):
+        return "other"
+    event = body.get("event")
+    if body.get("type") == "event_callback" and isinstance(event, dict):
+        kind = event.get("type")
+    else:
+        kind = "slash_command" if "command" in body else body.get("type")
+    return kind if isinstance(kind, str) and _KIND.fullmatch(kind) else "other"
+
+
+def where(body: dict[str, Any]) -> dict[str, str | None]:
+    """The workspace, channel and thread a request is about, for its log lines."""
+    event, channel, team, container = (
+        _object(body, name) for name in ("event", "channel", "team", "container")
+    )
+    return {
+        "team": _first(body.get("team_id"), team.get("id")),
+        "channel": _first(event.get("channel"), body.get("channel_id"), channel.get("id")),
+        "thread_ts": _first(event.get("thread_ts"), event.get("ts"), container.get("thread_ts")),
+    }
+
+
+def _object(body: dict[str, Any], name: str) -> dict[str, Any]:
+    value = body.get(name)
+    return value if isinstance(value, dict) else {}
+
+
+def _first(*values: object) -> str | None:
+    return next((value[:40] for value in values if isinstance(value, str) and value), None)
 
 
 def describe(body: object) -> str:
@@ -132,4 +184,4 @@ def _fields_problem(obj: dict[str, Any], prefix: str) -> str | None:
     return None
 
 
-__all__ = ["describe", "on_error", "payload_problem", "register"]
+__all__ = ["describe", "dispatch", "on_error", "payload_problem", "register", "request_kind"]

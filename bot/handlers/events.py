@@ -14,6 +14,7 @@ from sqlalchemy import exc as sa_exc
 
 from bot.files import SharedFile
 from bot.inbox import Question
+from bot.metrics import Metrics
 from bot.tutor import Tutor
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,7 @@ def _authorized_bot_user(body: dict[str, Any]) -> str | None:
     return None
 
 
-def register(app: AsyncApp, tutor: Tutor) -> None:
+def register(app: AsyncApp, tutor: Tutor, metrics: Metrics) -> None:
     async def store_questions(
         body: dict[str, Any], context: AsyncBoltContext, next: Callable[[], Awaitable[BoltResponse]]
     ) -> BoltResponse:
@@ -177,7 +178,8 @@ def register(app: AsyncApp, tutor: Tutor) -> None:
             return BoltResponse(status=200, body="")
         if question is not None:
             try:
-                await tutor.accept(question)
+                if await tutor.accept(question):
+                    metrics.stored(event["type"])
             except Exception as exc:
                 if not database_down(exc):
                     raise
