@@ -516,3 +516,28 @@ async def test_the_real_command_prints_a_manifest_slack_accepts(tmp_path: Path) 
     out, err = await asyncio.wait_for(refused.communicate(), 60)
     assert (refused.returncode, out) == (2, b"")
     assert b"--url is required" in err
+
+
+def test_the_schema_checks_catch_what_slack_refuses(capsys: pytest.CaptureFixture[str]) -> None:
+    """The checks above can fail: each mistake of a hand-edited manifest is reported."""
+    manifest = _manifest(capsys, "--url", URL)
+    manifest["_metadata"]["major_version"] = 1
+    manifest["display_information"]["name"] = "x" * 36
+    manifest["features"]["slash_commands"][0]["url"] = "ftp://tutor.example.org/slack/events"
+    manifest["features"]["shortcuts"][0]["name"] = "Reset the tutor in this thread"
+    manifest["settings"]["event_subscriptions"]["bot_events"].append("message.mpims")
+    manifest["oauth_config"]["scopes"]["bot"].append("mpim:histroy")
+    manifest["settings"]["interactivity"].pop("is_enabled")
+    manifest["settings"]["sockets_mode_enabled"] = True
+    problems = "\n".join(_problems(manifest))
+    for expected in (
+        "agent_view is declared only by the v2 schema",
+        "display_information.name",
+        "slash_commands[0].url",
+        "shortcuts[0].name",
+        "'message.mpims'",
+        "'mpim:histroy'",
+        "settings.interactivity.is_enabled is required",
+        "settings.sockets_mode_enabled is not a key",
+    ):
+        assert expected in problems
