@@ -46,8 +46,9 @@ ENV PATH="/app/.venv/bin:$PATH" \
 VOLUME ["/data"]
 USER tutor
 EXPOSE 3000
-# /healthz is 200 when the database answers (and Socket Mode is connected); urllib raises on 503 or a
-# refused connection, so the exit code is 1. `slack-tutor worker` serves no HTTP: compose disables this there.
+# /healthz (web, worker and run) is 200 when every part is fine and 503 naming the failing one
+# (database, Slack identity, Socket Mode, a stalled run-poller); urllib raises on a 503 or a refused
+# connection, so the exit code is then 1.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '3000'), timeout=4)"]
 CMD ["slack-tutor", "run"]

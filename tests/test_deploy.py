@@ -291,7 +291,8 @@ def test_compose_runs_migrate_once_before_web_and_worker(compose: dict[str, Any]
         assert service["command"] == ["slack-tutor", name]
         assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
         assert service["restart"] in ("always", "unless-stopped", "on-failure")
-    assert services["worker"]["healthcheck"] == {"disable": True}, "the worker serves no /healthz"
+    for name in ("web", "worker"):  # both serve /healthz: the image's HEALTHCHECK applies
+        assert "healthcheck" not in services[name], name
     assert services["web"]["ports"] == ["3000:3000"]
 
     for name in ("migrate", "web", "worker"):
@@ -524,6 +525,9 @@ async def test_compose_services_as_processes_on_postgres(
     ):
         await wait_for(lambda: _healthy(port), timeout=30, message="`web` never became healthy")
         assert await _healthcheck(stages, port, tmp_path) == 0
+        worker_port = int(worker_env["PORT"])
+        await wait_for(lambda: _healthy(worker_port), timeout=30, message="`worker` never became healthy")
+        assert await _healthcheck(stages, worker_port, tmp_path) == 0
         ts = new_ts()
         body = as_json(mention("What is 6 * 7?", ts=ts))
         async with (
