@@ -116,7 +116,7 @@ def make_read_only_engine(url: str | URL) -> AsyncEngine:
     parsed = normalize_url(url)
     path = sqlite_path(parsed)
     if path is None:
-        return make_engine(parsed, poolclass=NullPool)
+        return make_engine(parsed)
     return create_async_engine(
         parsed, poolclass=NullPool, async_creator=_sqlite_connector(parsed, read_only_file=path)
     )
@@ -135,7 +135,11 @@ def _sqlite_connector(
 ) -> Callable[[], Awaitable[aiosqlite.Connection]]:
     (database,), options = SQLiteDialect_aiosqlite().create_connect_args(url)
     if read_only_file is not None:
-        database, options["uri"] = f"{read_only_file.resolve().as_uri()}?mode=ro", True
+        # Without a -wal file no process has the database open: read it as immutable, which creates no
+        # -wal/-shm files either; with one, read-only mode reads what the running bot wrote to it.
+        running = read_only_file.with_name(read_only_file.name + "-wal").exists()
+        mode = "mode=ro" if running else "mode=ro&immutable=1"
+        database, options["uri"] = f"{read_only_file.resolve().as_uri()}?{mode}", True
 
     async def connect() -> aiosqlite.Connection:
         connection = aiosqlite.connect(database, timeout=30, **options)
