@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -221,5 +223,27 @@ async def test_migrate_command_takes_a_heroku_url(tmp_path: Path, postgres_url: 
     try:
         async with engine.connect() as connection:
             assert await connection.scalar(text("SELECT count(*) FROM alembic_version")) == 1
+    finally:
+        await engine.dispose()
+
+
+def _sqlite_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.is_alive() and "_connection_worker_thread" in t.name]
+
+
+async def test_a_connect_cancelled_at_shutdown_leaves_no_sqlite_thread_behind(tmp_path: Path) -> None:
+    # A poller task cancelled while it opens a connection: aiosqlite stops its thread without waiting,
+    # and a thread still running when the loop closes dies on "Event loop is closed" (the flaky
+    # teardown of test_mentions). The cancelled connect must return only once that thread is done.
+    engine = make_engine(f"sqlite:///{tmp_path / 'tutor.db'}")
+    try:
+        for _ in range(20):
+            opening = asyncio.create_task(engine.connect().start())
+            await asyncio.sleep(0)  # the connect is now waiting on aiosqlite's thread
+            opening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                connection = await opening
+                await connection.close()  # it won the race and opened
+            assert _sqlite_threads() == []
     finally:
         await engine.dispose()
