@@ -149,8 +149,10 @@ def web_app(components: Components, *, with_worker: bool, with_slack: bool = Tru
     if with_slack and not components.settings.socket_mode:
         app.router.add_post(EVENTS_PATH, _slack_endpoint(components))
 
+    database = _DatabaseProbe(components.engine)
+
     async def healthz(_request: web.Request) -> web.Response:
-        status = await _health(components, with_worker=with_worker, with_slack=with_slack)
+        status = await _health(components, database, with_worker=with_worker, with_slack=with_slack)
         return web.json_response(status, status=200 if status["ok"] else 503)
 
     app.router.add_get("/healthz", healthz)
@@ -162,6 +164,7 @@ def web_app(components: Components, *, with_worker: bool, with_slack: bool = Tru
 
         app.router.add_get("/metrics", metrics)
     app.cleanup_ctx.append(_lifecycle(components, with_worker=with_worker, with_slack=with_slack))
+    app.on_shutdown.append(lambda _app: database.close())
     return app
 
 
@@ -190,11 +193,13 @@ def _slack_endpoint(components: Components) -> Callable[[web.Request], Awaitable
     return slack_events
 
 
-async def _health(components: Components, *, with_worker: bool, with_slack: bool) -> dict[str, Any]:
+async def _health(
+    components: Components, database: _DatabaseProbe, *, with_worker: bool, with_slack: bool
+) -> dict[str, Any]:
     """Each part's state; `ok` is false when one is failing. Parts that are fine keep the fields
     /healthz always had; `identity` appears only when it fails."""
     stall = components.settings.tutor_stall_seconds
-    status: dict[str, Any] = {"database": await _database_state(components.engine), "worker": with_worker}
+    status: dict[str, Any] = {"database": await database.state(), "worker": with_worker}
     failing = status["database"] != "ok"
     if with_worker and (components.poller.seconds_since_loop() or 0.0) > stall:
         status["worker"] = "stalled"
@@ -206,19 +211,40 @@ async def _health(components: Components, *, with_worker: bool, with_slack: bool
         connected = await components.socket.connected()
         status["slack"] = "connected" if connected else "connecting"
         failing = failing or not connected
-    if failing:
-        log.warning("health check failing: %s", status)
     return {"ok": not failing, **status}
 
 
-async def _database_state(engine: AsyncEngine) -> str:
-    try:
-        async with asyncio.timeout(HEALTH_DB_TIMEOUT), engine.connect() as connection:
-            await connection.execute(text("SELECT 1"))
-    except Exception as exc:
-        log.warning("health check: database unreachable (%s)", type(exc).__name__)
-        return "unreachable"
-    return "ok"
+class _DatabaseProbe:
+    """`SELECT 1` for /healthz, one at a time. A probe slower than HEALTH_DB_TIMEOUT is answered
+    "unreachable" but left to finish: cancelling a query mid-flight costs SQLite its connection,
+    and the reconnect can then wait for the lock that made it slow."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._probe: asyncio.Task[str] | None = None
+
+    async def state(self) -> str:
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.create_task(self._select_one(), name="health-probe")
+        try:
+            async with asyncio.timeout(HEALTH_DB_TIMEOUT):
+                return await asyncio.shield(self._probe)
+        except TimeoutError:
+            log.warning("health check: database did not answer within %.0f s", HEALTH_DB_TIMEOUT)
+            return "unreachable"
+
+    async def _select_one(self) -> str:
+        try:
+            async with self._engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+        except Exception as exc:
+            log.warning("health check: database unreachable (%s)", type(exc).__name__)
+            return "unreachable"
+        return "ok"
+
+    async def close(self) -> None:
+        if self._probe is not None:
+            await _stop(self._probe, within=HEALTH_DB_TIMEOUT)
 
 
 def _lifecycle(
@@ -248,7 +274,7 @@ def _lifecycle(
     return lifecycle
 
 
-async def _stop(task: asyncio.Task[None], *, within: float) -> None:
+async def _stop(task: asyncio.Task[Any], *, within: float) -> None:
     """Cancel a background task and wait for it to end, but never longer than `within`."""
     task.cancel()
     done, _ = await asyncio.wait([task], timeout=within)
