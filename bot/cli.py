@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from bot import manifest as app_manifest
-from bot.config import DatabaseSettings, Settings, load_settings
+from bot.config import DatabaseSettings, load_settings
 from bot.errors import ConfigError
 
 log = logging.getLogger("slack_tutor")
@@ -90,22 +90,13 @@ def _checked(check: Callable[[str], str]) -> Callable[[str], str]:
     return convert
 
 
-def _setup_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # The HTTP clients log every request URL at INFO; that's noise, not news.
-    for noisy in ("httpx", "httpx2", "openai", "slack_sdk", "aiohttp.access"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def _serve(*, web: bool, worker: bool, migrate: bool) -> int:
     from bot.app import serve
+    from bot.logs import setup_logging
     from db.migrate import upgrade
 
     settings = load_settings()
-    _setup_logging(settings)
+    setup_logging(settings)
     if migrate:
         upgrade(settings.database_url)
     with contextlib.suppress(KeyboardInterrupt):

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterator
@@ -38,6 +39,8 @@ TOO_MANY_CONNECTIONS, CANNOT_CONNECT_NOW = "53300", "57P03"
 #: Seconds: a database that does not answer fails a request within Slack's 3 s (503, so Slack retries).
 CONNECT_TIMEOUT = 2.0
 COMMAND_TIMEOUT = 30.0
+#: How long a failed SQLite connect waits for aiosqlite's thread to end.
+THREAD_END_WAIT = 1.0
 
 
 def normalize_url(url: str | URL) -> URL:
@@ -150,8 +153,9 @@ def _sqlite_connector(
         except BaseException:
             # A failed or cancelled connect makes aiosqlite stop its thread without waiting for its
             # last reply to this loop; a loop closed meanwhile (shutdown) kills the thread with
-            # "Event loop is closed". Waiting for it here takes a millisecond.
-            thread.join()
+            # "Event loop is closed". Waiting for it takes a millisecond; it is awaited, never
+            # joined, so a thread stuck in SQLite's busy handler can't freeze the event loop.
+            await asyncio.to_thread(thread.join, THREAD_END_WAIT)
             raise
 
     return connect

@@ -310,7 +310,6 @@ async def _get(http: aiohttp.ClientSession, port: int, path: str) -> tuple[int, 
         return None
 
 
-@pytest.mark.xfail(strict=True, reason="bot/cli.py's _setup_logging does not call bot.logs.setup_logging yet")
 async def test_slack_tutor_run_with_log_format_json_writes_json_lines(
     tmp_path: Path, fake_slack: FakeSlack, fake_openai: FakeOpenAI
 ) -> None:
