@@ -93,22 +93,3 @@ async def test_run_from_a_fresh_directory_answers_a_mention(
         if process.returncode is None:
             process.kill()
             await process.wait()
-
-
-async def test_doctor_checks_database_slack_and_openai(
-    tmp_path: Path, fake_slack: FakeSlack, fake_openai: FakeOpenAI
-) -> None:
-    env = process_env(fake_slack, fake_openai)
-    code, out, _ = await _run_cli("doctor", cwd=tmp_path, env=env)
-    assert code == 1  # the database has not been migrated yet
-    assert "FAIL database" in out and "slack-tutor migrate" in out
-    assert "ok   slack" in out and "ok   openai" in out
-
-    assert (await _run_cli("migrate", cwd=tmp_path, env=env))[0] == 0
-    code, out, _ = await _run_cli("doctor", cwd=tmp_path, env=env)
-    assert code == 0, out
-
-    code, out, _ = await _run_cli("doctor", cwd=tmp_path, env={**env, "SLACK_BOT_TOKEN": "xoxb-wrong"})
-    assert code == 1
-    assert "FAIL slack" in out and "invalid_auth" in out
-    assert "xoxb-wrong" not in out

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
+import os
 import socket
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
+from bot.cli import main
 from db.migrate import upgrade
 from tests.conftest import CLEAN_ENV, process_env
 from tests.fakes import FakeOpenAI, FakeSlack
@@ -17,13 +22,29 @@ from tests.slack_payloads import SIGNING_SECRET
 CLI = str(Path(sys.executable).parent / "slack-tutor")
 
 
-async def _doctor(cwd: Path, env: dict[str, str]) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        CLI, "doctor", cwd=cwd, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+async def _doctor(cwd: Path, env: dict[str, str], *, process: bool = False) -> tuple[int, str, str]:
+    """Run `slack-tutor doctor` in `cwd` with exactly `env`: as its own process, or (four seconds
+    cheaper, most of it importing) through the same `main` in a thread of this one."""
+    if process:
+        child = await asyncio.create_subprocess_exec(
+            CLI, "doctor", cwd=cwd, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        out, err = await asyncio.wait_for(child.communicate(), 60)
+        assert child.returncode is not None
+        return child.returncode, out.decode(), err.decode()
+    stdout, stderr = io.StringIO(), io.StringIO()
+
+    def doctor() -> int:
+        with (
+            mock.patch.dict(os.environ, env, clear=True),
+            contextlib.chdir(cwd),
+            contextlib.redirect_stdout(stdout),
+            contextlib.redirect_stderr(stderr),
+        ):
+            return main(["doctor"])
+
+    code = await asyncio.wait_for(asyncio.to_thread(doctor), 60)
+    return code, stdout.getvalue(), stderr.getvalue()
 
 
 def _line(out: str, what: str) -> str:
@@ -64,7 +85,7 @@ def _secrets_absent(text: str, *secrets: str) -> None:
 async def test_all_good_is_ok_on_every_line_and_exit_0(
     migrated: Path, fake_slack: FakeSlack, fake_openai: FakeOpenAI
 ) -> None:
-    code, out, err = await _doctor(migrated, process_env(fake_slack, fake_openai))
+    code, out, err = await _doctor(migrated, process_env(fake_slack, fake_openai), process=True)
     assert code == 0, out
     assert err == ""
     for what in ("configuration", "database", "slack", "openai"):
@@ -73,7 +94,7 @@ async def test_all_good_is_ok_on_every_line_and_exit_0(
 
 
 async def test_nothing_configured_exits_2_like_run_and_creates_no_file(tmp_path: Path) -> None:
-    code, out, err = await _doctor(tmp_path, CLEAN_ENV)
+    code, out, err = await _doctor(tmp_path, CLEAN_ENV, process=True)
     assert code == 2
     assert "FAIL configuration" in out
     for name in ("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "OPENAI_API_KEY"):
@@ -97,7 +118,7 @@ async def test_an_unresolvable_slack_host_is_a_network_failure_not_a_token_one(
     migrated: Path, fake_slack: FakeSlack, fake_openai: FakeOpenAI
 ) -> None:
     env = process_env(fake_slack, fake_openai, SLACK_API_URL="http://nonexistent.invalid/api/")
-    code, out, err = await _doctor(migrated, env)
+    code, out, err = await _doctor(migrated, env, process=True)
     assert code == 1
     slack = _line(out, "slack")
     assert slack.startswith("FAIL") and "DNS" in slack and "nonexistent.invalid" in slack
@@ -191,7 +212,7 @@ async def test_a_wrong_openai_key_is_a_401_on_the_key(
     migrated: Path, fake_slack: FakeSlack, fake_openai: FakeOpenAI
 ) -> None:
     env = process_env(fake_slack, fake_openai, OPENAI_API_KEY="sk-wrong-key")
-    code, out, err = await _doctor(migrated, env)
+    code, out, err = await _doctor(migrated, env, process=True)
     assert code == 1
     assert "OpenAI refused OPENAI_API_KEY" in _line(out, "openai") and "401" in _line(out, "openai")
     _secrets_absent(out + err, "sk-wrong-key")
@@ -241,7 +262,7 @@ async def test_an_unreachable_database_is_one_sentence(
 ) -> None:
     port = _free_port()
     env = process_env(fake_slack, fake_openai, DATABASE_URL=f"postgres://tutor:pw-s3cret@127.0.0.1:{port}/tutor")
-    code, out, err = await _doctor(tmp_path, env)
+    code, out, err = await _doctor(tmp_path, env, process=True)
     assert code == 1
     database = _line(out, "database")
     assert f'Cannot connect to PostgreSQL at 127.0.0.1:{port} (database "tutor")' in database
