@@ -17,11 +17,14 @@ from __future__ import annotations
 import bisect
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 __all__ = [
     "SLACK_CHUNK_LIMIT",
+    "DisplayMath",
     "escape_mrkdwn",
+    "format_answer",
     "format_reply",
     "markdown_to_mrkdwn",
     "split_message",
@@ -30,6 +33,17 @@ __all__ = [
 
 SLACK_CHUNK_LIMIT = 3000
 """Maximum characters per posted message (§6.1: split at ≤ 3,000-3,500)."""
+
+
+@dataclass(frozen=True)
+class DisplayMath:
+    """A display equation of the answer, to be shown as an image in its place."""
+
+    latex: str
+    """The equation's LaTeX source, without its delimiters (``\\[ \\]``, ``$$``, ``\\begin{equation}``)."""
+    fallback: str
+    """mrkdwn shown instead of an image: a Unicode layout, or the LaTeX in a code block."""
+
 
 _FENCE = "```"
 _RULE = "─" * 10
@@ -484,7 +498,7 @@ def _fence_block(lines: list[str], start: int) -> tuple[str | None, int]:
     return (_code_block(body) if body else None), i
 
 
-def _display_math(lines: list[str], start: int) -> tuple[str, int] | None:
+def _display_math(lines: list[str], start: int) -> tuple[DisplayMath, int] | None:
     """A ``$$ ... $$`` or ``\\[ ... \\]`` display block starting a line, as a code block."""
     first = lines[start].strip()
     for open_, close in (("$$", "$$"), ("\\[", "\\]")):
@@ -509,10 +523,11 @@ def _display_math(lines: list[str], start: int) -> tuple[str, int] | None:
                 return None
             parts.append(last[: -len(close)])
             end += 1
-        body = [_prettify_math(p.strip()) for p in parts if p.strip()]
-        if not body:
+        source = [p.strip() for p in parts if p.strip()]
+        if not source:
             return None
-        return _code_block(body), end
+        body = [_prettify_math(p) for p in source]
+        return DisplayMath("\n".join(source), _code_block(body)), end
     return None
 
 
@@ -572,6 +587,37 @@ def _table(lines: list[str], start: int) -> tuple[str, int] | None:
     return _code_block(out), end
 
 
+def _convert(markdown: str) -> list[str | DisplayMath]:
+    """The answer as mrkdwn lines and display equations, in order."""
+    text = markdown.replace("\r\n", "\n").replace("\r", "\n").translate(_PRIVATE_CHARS)
+    lines = text.split("\n")
+    out: list[str | DisplayMath] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i].rstrip()
+        if _FENCE_OPEN.match(line):
+            block, i = _fence_block(lines, i)
+            if block is not None:
+                out.append(block)
+            continue
+        found = _display_math(lines, i) or _table(lines, i)
+        if found is not None:
+            part, i = found
+            out.append(part)
+            continue
+        i += 1
+        converted = _convert_line(line) if line.strip() else ""
+        if converted or (out and out[-1]):
+            out.append(converted)
+    while out and not out[-1]:
+        out.pop()
+    return out
+
+
+def _fold(parts: list[str | DisplayMath]) -> str:
+    return "\n".join(p.fallback if isinstance(p, DisplayMath) else p for p in parts)
+
+
 def markdown_to_mrkdwn(markdown: str) -> str:
     """Convert model Markdown to Slack mrkdwn.
 
@@ -589,29 +635,7 @@ def markdown_to_mrkdwn(markdown: str) -> str:
     prose gets a word joiner after its ``@``, so nothing notifies anybody; a link whose label
     names another address than its target shows the real target.
     """
-    text = markdown.replace("\r\n", "\n").replace("\r", "\n").translate(_PRIVATE_CHARS)
-    lines = text.split("\n")
-    out: list[str] = []
-    i = 0
-    while i < len(lines):
-        line = lines[i].rstrip()
-        if _FENCE_OPEN.match(line):
-            block, i = _fence_block(lines, i)
-            if block is not None:
-                out.append(block)
-            continue
-        found = _display_math(lines, i) or _table(lines, i)
-        if found is not None:
-            block, i = found
-            out.append(block)
-            continue
-        i += 1
-        converted = _convert_line(line) if line.strip() else ""
-        if converted or (out and out[-1]):
-            out.append(converted)
-    while out and not out[-1]:
-        out.pop()
-    return "\n".join(out)
+    return _fold(_convert(markdown))
 
 
 # --------------------------------------------------------------------------------------------
@@ -779,10 +803,36 @@ def split_message(mrkdwn: str, limit: int = SLACK_CHUNK_LIMIT) -> list[str]:
     return _Splitter(text, limit).chunks()
 
 
+def format_answer(
+    text: str,
+    uploaded: Mapping[str, str] | None = None,
+    *,
+    images: bool = True,
+    limit: int = SLACK_CHUNK_LIMIT,
+) -> list[str | DisplayMath]:
+    """The answer as mrkdwn text chunks (each ≤ ``limit``, inline math already Unicode) and
+    display equations, in order. With ``images=False`` every display equation is folded into
+    the text as its fallback, so the result is only ``str``."""
+    parts = _convert(strip_sandbox_links(text, uploaded))
+    if not images:
+        return list(split_message(_fold(parts), limit))
+    out: list[str | DisplayMath] = []
+    run: list[str | DisplayMath] = []
+    for part in [*parts, None]:
+        if isinstance(part, str):
+            run.append(part)
+            continue
+        out.extend(split_message(_fold(run), limit))
+        run = []
+        if part is not None:
+            out.append(part)
+    return out
+
+
 def format_reply(
     markdown: str,
     uploaded: Mapping[str, str] | None = None,
     limit: int = SLACK_CHUNK_LIMIT,
 ) -> list[str]:
     """Model Markdown to postable mrkdwn chunks: sandbox links, conversion, splitting."""
-    return split_message(markdown_to_mrkdwn(strip_sandbox_links(markdown, uploaded)), limit)
+    return [p for p in format_answer(markdown, uploaded, images=False, limit=limit) if isinstance(p, str)]
