@@ -7,9 +7,12 @@ metadata, file shares) before anything is sent again.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -18,7 +21,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bot import errors
 from bot.ai import ChartRef, ModelReply, OpenAIGateway
 from bot.files import type_label
-from bot.formatting import escape_mrkdwn, format_reply
+from bot.formatting import (
+    SLACK_CHUNK_LIMIT,
+    DisplayMath,
+    escape_mrkdwn,
+    format_answer,
+    format_reply,
+    split_message,
+)
+from bot.math_images import render
 from bot.slack_api import Place, SlackGateway
 from bot.tutor import place_of
 from db import repo
@@ -34,6 +45,15 @@ RESET_NOTICE = (
 )
 CUT_OFF_NOTE = "_(My answer was cut off. Ask me to continue.)_"
 SLOW_NOTICE = "OpenAI is slow to answer, still trying…"
+#: Blocks one message may hold (Slack: 50), keeping one for the Start over button.
+MAX_BLOCKS = 49
+IMAGE_ALT_LIMIT = 2000
+#: Equation images uploaded at once (files.* are Tier 4: 100+/min).
+UPLOAD_CONCURRENCY = 4
+#: How long an answer waits for Slack to process its equation images before posting anyway.
+PROCESSING_WAIT = 10.0
+#: Pauses before re-posting a message whose images Slack didn't find yet; then they become text.
+IMAGE_POST_RETRIES = (1.0, 2.0)
 
 
 @dataclass(frozen=True)
@@ -54,11 +74,13 @@ class Replier:
         ai: OpenAIGateway,
         slack: SlackGateway,
         max_file_mb: int = 50,
+        math_images: bool = True,
     ) -> None:
         self._sessions = sessions
         self._ai = ai
         self._slack = slack
         self._max_file_mb = max_file_mb
+        self._math_images = math_images
 
     async def offer(self, run: Run) -> None:
         """Ask, in the thread of a shared spreadsheet, whether to analyse it (with a button)."""
@@ -103,13 +125,116 @@ class Replier:
         if reply.status == "incomplete" and reply.text.strip():
             text, failure = f"{reply.text}\n\n{CUT_OFF_NOTE}", None
         charts = await self._charts(run, reply)
-        parts = format_reply(text, {chart.filename: chart.title for chart in charts}) if text.strip() else []
-        for index, part in enumerate(parts):
-            blocks = _with_start_over(part, run) if index == len(parts) - 1 else None
-            await self._post_once(run, place, f"text:{index}", part, blocks=blocks)
+        uploaded = {chart.filename: chart.title for chart in charts}
+        if not text.strip():
+            parts: list[str | DisplayMath] = []
+        elif self._math_images:
+            parts = format_answer(text, uploaded)
+        else:
+            parts = list(format_reply(text, uploaded))
+        if any(isinstance(part, DisplayMath) for part in parts):
+            await self._post_with_equations(run, place, parts)
+        else:
+            await self._post_texts(run, place, [part for part in parts if isinstance(part, str)])
         for chart in charts:
             await self._upload_once(run, place, chart)
         return failure
+
+    async def _post_texts(self, run: Run, place: Place, parts: list[str]) -> None:
+        for index, part in enumerate(parts):
+            blocks = _with_start_over(part, run) if index == len(parts) - 1 else None
+            await self._post_once(run, place, f"text:{index}", part, blocks=blocks)
+
+    async def _post_with_equations(self, run: Run, place: Place, parts: list[str | DisplayMath]) -> None:
+        """Text sections with equation images in their place, in as few messages as Slack allows."""
+        files = await self._equation_images(run, {p.latex for p in parts if isinstance(p, DisplayMath)})
+        messages = _answer_messages(parts, files)
+        for index, message in enumerate(messages):
+            last = index == len(messages) - 1
+            await self._post_answer_message(run, place, f"text:{index}", message, last=last)
+
+    async def _post_answer_message(
+        self, run: Run, place: Place, key: str, message: AnswerMessage, *, last: bool
+    ) -> None:
+        """Post with images; if Slack keeps refusing them (not processed, not found), as text."""
+        controls = _start_over_controls(run) if last else []
+        for pause in (*IMAGE_POST_RETRIES, None):
+            try:
+                await self._post_once(run, place, key, message.text, blocks=[*message.blocks, *controls])
+                return
+            except errors.SlackDeliveryFailed as exc:
+                if not message.file_ids or not _refused_images(exc):
+                    raise
+                log.info("run %s: Slack refused the equation images of %s: %s", run.id, key, exc.detail)
+                if pause is None:
+                    break
+                await asyncio.sleep(pause)
+                await self._wait_processed(message.file_ids)
+        as_text = _answer_messages(message.parts, {})
+        for number, text_only in enumerate(as_text):
+            more = f"{key}:{number}" if number else key
+            blocks = [*text_only.blocks, *(controls if number == len(as_text) - 1 else [])]
+            await self._post_once(run, place, more, text_only.text, blocks=blocks)
+
+    async def _equation_images(self, run: Run, formulas: set[str]) -> dict[str, str]:
+        """Slack file ids of the equations that are images: uploaded once per formula and thread."""
+        keys = {_equation_key(latex): latex for latex in formulas}
+        async with self._sessions() as session:
+            known = await repo.uploaded_files_of_thread(session, thread_id=run.thread_id, keys=keys)
+        files = {keys[key]: file_id for key, file_id in known.items()}
+        limit = asyncio.Semaphore(UPLOAD_CONCURRENCY)
+
+        async def upload(latex: str) -> tuple[str, str | None]:
+            async with limit:
+                return latex, await self._upload_equation_once(run, latex)
+
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(upload(latex)) for latex in sorted(formulas - files.keys())]
+        fresh = {latex: file_id for latex, file_id in (task.result() for task in tasks) if file_id}
+        await self._wait_processed(list(fresh.values()))
+        return files | fresh
+
+    async def _upload_equation_once(self, run: Run, latex: str) -> str | None:
+        """Render and upload one equation, unshared; None when it must be shown as text."""
+        delivery, created = await self._start(run, _equation_key(latex))
+        if delivery.state == "done":
+            return delivery.slack_file_id
+        # A crash after step 1: a completed upload is used; one never completed is invisible.
+        if (
+            not created
+            and delivery.slack_file_id
+            and await self._slack.upload_state(delivery.slack_file_id) != "missing"
+        ):
+            await self._finish(delivery.id, slack_file_id=delivery.slack_file_id)
+            return delivery.slack_file_id
+        png = await render(latex)
+        if png is None:
+            return None
+        try:
+            file_id, upload_url = await self._slack.begin_upload(
+                filename=f"equation-{_equation_key(latex)[5:13]}.png", length=len(png)
+            )
+            await self._note_file(delivery.id, file_id)
+            await self._slack.send_upload(upload_url, png)
+            await self._slack.complete_upload(None, file_id=file_id, title="Equation")
+        except errors.SlackDeliveryFailed as exc:
+            if exc.retryable:
+                raise
+            log.warning("run %s: equation image not uploaded (%s); shown as text", run.id, exc.detail)
+            return None
+        await self._finish(delivery.id, slack_file_id=file_id)
+        return file_id
+
+    async def _wait_processed(self, file_ids: Sequence[str]) -> None:
+        """One deadline for all: Slack processes them side by side, so most checks find them ready."""
+        deadline = asyncio.get_running_loop().time() + PROCESSING_WAIT
+        for file_id in file_ids:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0 or not await self._slack.wait_processed(file_id, within=left):
+                log.info(
+                    "equation image %s not processed within %.0fs; posting anyway", file_id, PROCESSING_WAIT
+                )
+                return
 
     async def _tell_rejected_files(self, run: Run, place: Place) -> None:
         for file in await self._files_of(run):
@@ -242,11 +367,75 @@ def _name_chart(ref: ChartRef, number: int) -> ChartUpload:
     return ChartUpload(ref.file_id, ref.container_id, ref.filename, title[:1].upper() + title[1:])
 
 
+@dataclass
+class AnswerMessage:
+    """One message of an answer with equations: its blocks, its notification text, its images."""
+
+    parts: list[str | DisplayMath] = field(default_factory=list)
+    blocks: list[dict[str, Any]] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    file_ids: list[str] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return "\n\n".join(self.texts)
+
+    @property
+    def length(self) -> int:
+        return sum(len(text) + 2 for text in self.texts)
+
+
+def _answer_messages(parts: Sequence[str | DisplayMath], files: dict[str, str]) -> list[AnswerMessage]:
+    """Sections and image blocks in answer order; a new message where one would pass Slack's
+    limits (50 blocks, and the text a message carries as its notification fallback)."""
+    messages = [AnswerMessage()]
+    for part in parts:
+        file_id = files.get(part.latex) if isinstance(part, DisplayMath) else None
+        if isinstance(part, str):
+            pieces = [(part, _section(part))]
+        elif file_id:
+            image = {"type": "image", "slack_file": {"id": file_id}, "alt_text": part.latex[:IMAGE_ALT_LIMIT]}
+            pieces = [(part.fallback, image)]
+        else:
+            pieces = [(chunk, _section(chunk)) for chunk in split_message(part.fallback)]
+        for text, block in pieces:
+            current = messages[-1]
+            if current.blocks and (
+                len(current.blocks) >= MAX_BLOCKS or current.length + len(text) > SLACK_CHUNK_LIMIT
+            ):
+                current = AnswerMessage()
+                messages.append(current)
+            if not current.parts or current.parts[-1] is not part:
+                current.parts.append(part)
+            current.blocks.append(block)
+            current.texts.append(text)
+            if file_id:
+                current.file_ids.append(file_id)
+    return messages
+
+
+def _section(text: str) -> dict[str, Any]:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
+
+
+def _equation_key(latex: str) -> str:
+    """The delivery key of an equation image: the same formula gets the same key in every run."""
+    return "math:" + hashlib.sha256(latex.strip().encode()).hexdigest()[:40]
+
+
+def _refused_images(exc: errors.SlackDeliveryFailed) -> bool:
+    """Slack's answers to an `image` block whose file it can't (yet) show."""
+    return exc.detail.endswith(("invalid_blocks", "file_not_found", "invalid_slack_file"))
+
+
 def _with_start_over(text: str, run: Run) -> list[dict[str, Any]]:
     """The answer as a section, with a small "Start over" button for its thread."""
+    return [_section(text), *_start_over_controls(run)]
+
+
+def _start_over_controls(run: Run) -> list[dict[str, Any]]:
     thread_key = run.reply_thread_ts or ""
     return [
-        {"type": "section", "text": {"type": "mrkdwn", "text": text}},
         {
             "type": "actions",
             "block_id": "tutor_controls",

@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, Literal
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
@@ -69,6 +69,11 @@ class Place:
     channel_id: str
     thread_ts: str | None
 
+
+#: An uploaded file: not there (yet), uploaded but still being processed, or ready to be shown.
+UploadState = Literal["missing", "processing", "processed"]
+#: Pauses between files.info checks while an upload is processed (Tier 4: 100+/min).
+PROCESSING_BACKOFF = (0.1, 0.2, 0.4, 0.8, 1.6, 2.0, 2.0, 2.0, 2.0, 2.0)
 
 SLACK_FILE_ORIGIN = "https://files.slack.com"
 #: Slack may announce a file before it has processed it: files.info is retried after these pauses.
@@ -165,16 +170,45 @@ class SlackGateway:
             if response.status != 200:
                 raise errors.SlackDeliveryFailed(f"upload returned HTTP {response.status}")
 
-    async def complete_upload(self, place: Place, *, file_id: str, title: str) -> None:
-        """Step 3: share the uploaded file into the thread."""
-        await self._call(
-            "files.completeUploadExternal",
-            self._post_client.files_completeUploadExternal(
+    async def complete_upload(self, place: Place | None, *, file_id: str, title: str) -> None:
+        """Step 3: share the uploaded file into the thread; without a place it stays the app's own
+        (for `image` blocks that show it inside a message, not as a message of its own)."""
+        if place is None:
+            # Nothing is posted, so a retried call cannot show anything twice.
+            call = self.client.files_completeUploadExternal(files=[{"id": file_id, "title": title}])
+        else:
+            call = self._post_client.files_completeUploadExternal(
                 files=[{"id": file_id, "title": title}],
                 channel_id=place.channel_id,
                 thread_ts=place.thread_ts,
-            ),
-        )
+            )
+        await self._call("files.completeUploadExternal", call)
+
+    async def upload_state(self, file_id: str) -> UploadState:
+        """Whether an uploaded file exists yet, and whether Slack has processed it."""
+        try:
+            response = await self._call("files.info", self.client.files_info(file=file_id))
+        except errors.SlackDeliveryFailed as exc:
+            if exc.detail.endswith(("file_not_found", "file_deleted")):
+                return "missing"
+            raise
+        return "processed" if _is_processed(response.get("file") or {}) else "processing"
+
+    async def wait_processed(self, file_id: str, *, within: float) -> bool:
+        """Wait (with backoff) until Slack has processed an upload: an `image` block naming it is
+        refused before that. False when it still isn't after `within` seconds."""
+        deadline = time.monotonic() + within
+        for pause in PROCESSING_BACKOFF:
+            try:
+                if await self.upload_state(file_id) == "processed":
+                    return True
+            except errors.SlackDeliveryFailed as exc:
+                log.info("files.info %s while waiting for processing: %s", file_id, exc.detail)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            await asyncio.sleep(min(pause, left))
+        return False
 
     async def is_shared(self, file_id: str, channel_id: str) -> bool:
         try:
@@ -363,6 +397,16 @@ class SlackGateway:
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("%s failed: %s", method, type(exc).__name__)
             raise errors.SlackDeliveryFailed(f"{method}: {type(exc).__name__}") from None
+
+
+def _is_processed(file: dict[str, Any]) -> bool:
+    """Slack fills in the type, and for images the size and thumbnails, once it has processed a
+    file; right after files.completeUploadExternal `mimetype` and `filetype` are still empty."""
+    if not file.get("mimetype") or not file.get("filetype"):
+        return False
+    if not str(file["mimetype"]).startswith("image/"):
+        return True
+    return "original_w" in file or any(key.startswith("thumb_") for key in file)
 
 
 def _error_name(exc: Exception) -> str:

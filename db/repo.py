@@ -170,6 +170,26 @@ async def get_delivery(session: AsyncSession, *, run_id: int, key: str) -> Deliv
     return await session.scalar(select(Delivery).where(Delivery.run_id == run_id, Delivery.key == key))
 
 
+async def uploaded_files_of_thread(
+    session: AsyncSession, *, thread_id: int, keys: Collection[str]
+) -> dict[str, str]:
+    """Slack file ids of uploads finished by any run of the thread, by delivery key."""
+    if not keys:
+        return {}
+    query = (
+        select(Delivery.key, Delivery.slack_file_id)
+        .join(Run, Run.id == Delivery.run_id)
+        .where(
+            Run.thread_id == thread_id,
+            Delivery.key.in_(keys),
+            Delivery.state == "done",
+            Delivery.slack_file_id.is_not(None),
+        )
+        .order_by(Delivery.id)
+    )
+    return {row.key: row.slack_file_id for row in await session.execute(query) if row.slack_file_id}
+
+
 async def start_delivery(session: AsyncSession, *, run_id: int, key: str) -> tuple[Delivery, bool]:
     """The delivery row for (run, key), and whether this call created it (False: an earlier
     attempt may already have reached Slack)."""

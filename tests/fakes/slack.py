@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import mimetypes
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -76,6 +77,19 @@ class _HostedFile:
     content: bytes
     shared_at: float | None = None
     shares: dict[str, Any] = field(default_factory=dict)
+    #: When files.completeUploadExternal finished the app's upload (None: a file a user shared).
+    uploaded_at: float | None = None
+
+
+#: What files.info leaves empty until Slack has processed an upload.
+_UNPROCESSED_BLANK = ("mimetype", "filetype", "pretty_type")
+
+
+def _png_size(content: bytes) -> tuple[int, int] | None:
+    if content[:8] != b"\x89PNG\r\n\x1a\n" or len(content) < 24:
+        return None
+    width, height = struct.unpack(">II", content[16:24])
+    return int(width), int(height)
 
 
 def _truthy(value: Any) -> bool:
@@ -132,6 +146,10 @@ class FakeSlack(FakeServer):
         #: Seconds after files.completeUploadExternal before files.info shows ``shares``
         #: (Slack shares asynchronously).
         self.share_delay = 0.0
+        #: Seconds after files.completeUploadExternal before the upload is processed: until then
+        #: files.info shows no type (nor, for images, size and thumbnails) and an ``image`` block
+        #: naming it is refused with ``invalid_blocks``, as Slack does.
+        self.process_delay = 0.0
         #: All stored messages (bot posts, seeded human messages, upload shares) by channel.
         self.channel_messages: dict[str, list[dict[str, Any]]] = {}
         self.deleted_messages: list[dict[str, Any]] = []
@@ -309,6 +327,11 @@ class FakeSlack(FakeServer):
         if hosted is None:
             return None
         info = copy.deepcopy(hosted.info)
+        if not self.is_processed(file_id):
+            info.update(dict.fromkeys(_UNPROCESSED_BLANK, ""))
+        elif hosted.uploaded_at is not None and (size := _png_size(hosted.content)):
+            base = f"{self.origin}/files-tmb/{self.team_id}-{file_id}"
+            info.update({"original_w": size[0], "original_h": size[1], "thumb_360": f"{base}/360.png"})
         visible = hosted.shared_at is not None and time.monotonic() - hosted.shared_at >= self.share_delay
         if visible:
             info["shares"] = copy.deepcopy(hosted.shares)
@@ -316,6 +339,31 @@ class FakeSlack(FakeServer):
                 key = "channels" if kind == "public" else "groups"
                 info[key] = sorted(set(info[key]) | set(channels))
         return info
+
+    def is_processed(self, file_id: str) -> bool:
+        """Whether an ``image`` block may show the file: known, and past ``process_delay``."""
+        hosted = self.hosted_files.get(file_id)
+        if hosted is None:
+            return False
+        return hosted.uploaded_at is None or time.monotonic() - hosted.uploaded_at >= self.process_delay
+
+    def _invalid_blocks(self, blocks: Any) -> list[str]:
+        """Slack's checks of the blocks the tutor sends (count, section text, image blocks)."""
+        if not isinstance(blocks, list):
+            return ["must be an array [json-pointer:/blocks]"]
+        problems = ["must contain at most 50 items [json-pointer:/blocks]"] if len(blocks) > 50 else []
+        for index, block in enumerate(blocks):
+            where = f"[json-pointer:/blocks/{index}"
+            if block.get("type") == "section" and len((block.get("text") or {}).get("text") or "") > 3000:
+                problems.append(f"must be less than 3001 characters {where}/text/text]")
+            if block.get("type") != "image":
+                continue
+            if len(str(block.get("alt_text") or "")) > 2000 or not block.get("alt_text"):
+                problems.append(f"alt_text must be 1 to 2000 characters {where}/alt_text]")
+            slack_file = block.get("slack_file")
+            if slack_file is not None and not self.is_processed(str(slack_file.get("id") or "")):
+                problems.append(f"invalid slack file {where}/slack_file]")
+        return problems
 
     def _build_app(self, app: web.Application) -> None:
         app.router.add_route("*", "/api/{method}", self._api)
@@ -423,6 +471,8 @@ class FakeSlack(FakeServer):
         fields = self._message_fields(args)
         if isinstance(fields, str):
             return {"ok": False, "error": fields}
+        if "blocks" in fields and (problems := self._invalid_blocks(fields["blocks"])):
+            return {"ok": False, "error": "invalid_blocks", "errors": problems}
         ts = self.next_ts()
         message = self._bot_message(ts)
         message.update(fields)
@@ -672,6 +722,7 @@ class FakeSlack(FakeServer):
                 title=title if title is not None else upload.filename,
             )
             hosted = self.hosted_files[upload.file_id]
+            hosted.uploaded_at = time.monotonic()
             result_files.append({"id": upload.file_id, "title": hosted.info["title"]})
             shared_files.append(copy.deepcopy(hosted.info))
             targets: list[str | None] = [*channel_ids] or [None]
