@@ -20,6 +20,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
+from bot.math_text import display_lines, inline_text
+
 __all__ = [
     "SLACK_CHUNK_LIMIT",
     "DisplayMath",
@@ -178,83 +180,23 @@ def strip_sandbox_links(markdown: str, uploaded: Mapping[str, str] | None = None
 # Math
 # --------------------------------------------------------------------------------------------
 
-_LATEX_SYMBOLS: dict[str, str] = {
-    "cdot": "·",
-    "times": "×",
-    "div": "÷",
-    "pm": "±",
-    "mp": "∓",
-    "le": "≤",
-    "leq": "≤",
-    "ge": "≥",
-    "geq": "≥",
-    "ne": "≠",
-    "neq": "≠",
-    "approx": "≈",
-    "infty": "∞",
-    "to": "→",
-    "rightarrow": "→",
-    "Rightarrow": "⇒",
-    "implies": "⇒",
-    "iff": "⇔",
-    "circ": "∘",
-    "degree": "°",
-    "in": "∈",
-    "sum": "∑",
-    "int": "∫",
-    "alpha": "α",
-    "beta": "β",
-    "gamma": "γ",
-    "delta": "δ",
-    "Delta": "Δ",
-    "epsilon": "ε",
-    "theta": "θ",
-    "lambda": "λ",
-    "mu": "μ",
-    "pi": "π",
-    "sigma": "σ",
-    "Sigma": "Σ",
-    "phi": "φ",
-    "omega": "ω",
-    ",": " ",
-    ";": " ",
-    ":": " ",
-    "!": "",
-    "quad": " ",
-    "qquad": "  ",
-    "left": "",
-    "right": "",
-}
-_SUPERSCRIPTS = str.maketrans("0123456789+-=()ni", "⁰¹²³⁴⁵⁶⁷⁸⁹⁺⁻⁼⁽⁾ⁿⁱ")
-_LATEX_TEXT = re.compile(r"\\(?:text|mathrm|mathbf|mathit|operatorname)\{([^{}]*)\}")
-_LATEX_FRAC = re.compile(r"\\[dt]?frac\{([^{}]*)\}\{([^{}]*)\}")
-_LATEX_SQRT = re.compile(r"\\sqrt\{([^{}]*)\}")
-_LATEX_COMMAND = re.compile(r"\\([A-Za-z]+|[,;:!])")
-_LATEX_SUP = re.compile(r"\^(?:\{([0-9+\-=()ni]+)\}|([0-9]))")
-_ATOM = re.compile(r"[\w.√]+")
+
+def _inline_math(latex: str) -> str:
+    """Inline math as Unicode text, or in a code span where Slack could read an ``_`` as italics
+    or Unicode can't show it (then as its LaTeX source)."""
+    text = inline_text(latex)
+    if text is None:
+        return f"`{escape_mrkdwn(latex)}`"
+    if "_" in text:
+        return f"`{escape_mrkdwn(text)}`"
+    return escape_mrkdwn(_inert_handles(text))
 
 
-def _group(expr: str) -> str:
-    expr = expr.strip()
-    return expr if _ATOM.fullmatch(expr) else f"({expr})"
-
-
-def _prettify_math(latex: str) -> str:
-    """Make common LaTeX legible as plain text; unknown commands are left as they are."""
-    text = latex
-    while True:
-        new = _LATEX_TEXT.sub(lambda m: m.group(1), text)
-        new = _LATEX_SQRT.sub(lambda m: "√" + _group(m.group(1)), new)
-        new = _LATEX_FRAC.sub(lambda m: f"{_group(m.group(1))}/{_group(m.group(2))}", new)
-        if new == text:
-            break
-        text = new
-
-    def command(m: re.Match[str]) -> str:
-        return _LATEX_SYMBOLS.get(m.group(1), m.group(0))
-
-    text = _LATEX_COMMAND.sub(command, text)
-    return _LATEX_SUP.sub(lambda m: (m.group(1) or m.group(2)).translate(_SUPERSCRIPTS), text)
+def _display(latex: str) -> DisplayMath:
+    lines = display_lines(latex)
+    if lines is None:
+        lines = [line.strip() for line in latex.split("\n") if line.strip()]
+    return DisplayMath(latex, _code_block(lines))
 
 
 def _code_block(lines: list[str]) -> str:
@@ -394,7 +336,7 @@ def _inline(text: str, *, drop_bold: bool = False) -> str:
     prot = _Protector()
 
     def math(m: re.Match[str]) -> str:
-        return prot.keep(f"`{escape_mrkdwn(_prettify_math(m.group(1).strip()))}`")
+        return prot.keep(_inline_math(m.group(1).strip()))
 
     text = _CODE_SPAN.sub(lambda m: prot.keep(f"`{escape_mrkdwn(_code_span_content(m.group(2)))}`"), text)
     text = text.replace("\\$", prot.keep("$"))
@@ -498,37 +440,48 @@ def _fence_block(lines: list[str], start: int) -> tuple[str | None, int]:
     return (_code_block(body) if body else None), i
 
 
+_DISPLAY_ENV = re.compile(
+    r"\\begin\{((?:equation|align|alignat|gather|multline|eqnarray|displaymath)\*?"
+    r"|[pbBvV]?matrix|cases)\}"
+)
+_UNWRAPPED_ENVS = ("equation", "equation*", "displaymath")
+
+
 def _display_math(lines: list[str], start: int) -> tuple[DisplayMath, int] | None:
-    """A ``$$ ... $$`` or ``\\[ ... \\]`` display block starting a line, as a code block."""
+    """A display equation starting a line: ``$$ … $$``, ``\\[ … \\]`` or ``\\begin{align}…``."""
     first = lines[start].strip()
-    for open_, close in (("$$", "$$"), ("\\[", "\\]")):
+    env = _DISPLAY_ENV.match(first)
+    delimiters = [("$$", "$$"), ("\\[", "\\]")]
+    if env:
+        delimiters = [(env.group(0), f"\\end{{{env.group(1)}}}")]
+    for open_, close in delimiters:
         if not first.startswith(open_):
             continue
-        rest = first[len(open_) :]
-        if close in rest:
-            if not rest.endswith(close) or rest.index(close) != len(rest) - len(close):
-                return None  # e.g. "$$x$$ and more": leave it to the inline rules
-            parts = [rest[: -len(close)]]
-            end = start + 1
-        else:
-            parts = [rest]
-            end = start + 1
-            while end < len(lines) and close not in lines[end]:
-                parts.append(lines[end])
-                end += 1
-            if end == len(lines):
-                return None
-            last = lines[end].strip()
-            if not last.endswith(close):
-                return None
-            parts.append(last[: -len(close)])
-            end += 1
-        source = [p.strip() for p in parts if p.strip()]
-        if not source:
+        found = _delimited(lines, start, first[len(open_) :], close)
+        if found is None:
             return None
-        body = [_prettify_math(p) for p in source]
-        return DisplayMath("\n".join(source), _code_block(body)), end
+        body, end = found
+        if env and env.group(1) not in _UNWRAPPED_ENVS:
+            body = f"{open_}\n{body}\n{close}" if "\n" in body else f"{open_} {body} {close}"
+        return (_display(body), end) if body else None
     return None
+
+
+def _delimited(lines: list[str], start: int, rest: str, close: str) -> tuple[str, int] | None:
+    """The text up to ``close`` at the end of this line or a later one, and the next line's index."""
+    if close in rest:
+        if not rest.endswith(close) or rest.index(close) != len(rest) - len(close):
+            return None  # e.g. "$$x$$ and more": leave it to the inline rules
+        return rest[: -len(close)].strip(), start + 1
+    parts = [rest]
+    end = start + 1
+    while end < len(lines) and close not in lines[end]:
+        parts.append(lines[end])
+        end += 1
+    if end == len(lines) or not lines[end].strip().endswith(close):
+        return None
+    parts.append(lines[end].strip()[: -len(close)])
+    return "\n".join(p.strip() for p in parts if p.strip()), end + 1
 
 
 def _split_cells(row: str) -> list[str]:
@@ -544,7 +497,7 @@ def _plain_cell(cell: str) -> str:
     """Table cells go into a code block, so reduce their Markdown to plain text."""
     text = _MD_LINK.sub(lambda m: f"{m.group(2)} ({m.group(3)})" if m.group(2) else m.group(3), cell)
     for pattern in (_MATH_PAREN, _MATH_DOUBLE, _MATH_SINGLE):
-        text = pattern.sub(lambda m: _prettify_math(m.group(1).strip()), text)
+        text = pattern.sub(lambda m: inline_text(m.group(1).strip()) or m.group(1).strip(), text)
     for marker in ("**", "__", "`", "~~"):
         text = text.replace(marker, "")
     return text.replace("\\|", "|")
