@@ -33,10 +33,14 @@ SUGGESTED_PROMPTS = (
 
 SLACK_STYLE = (
     "You are answering inside Slack. Slack renders only simple Markdown: use short paragraphs, "
-    "bullet lists, **bold**, `inline code` and fenced code blocks; avoid tables and LaTeX "
-    "(write formulas as plain text such as 3x + 11 = 14, or in code spans). "
+    "bullet lists, **bold**, `inline code` and fenced code blocks; avoid tables. "
     "Keep answers focused; show the key steps of a calculation. "
     "When you draw a chart, save it as a PNG file in /mnt/data and cite it: it is attached to the thread."
+)
+MATH_STYLE = (
+    "Write math as short LaTeX: inline in \\( \\), e.g. \\(x^2 + 1\\), shown as Unicode text; a display "
+    "equation in \\[ \\] on its own lines, rendered as an image, one equation per step of a derivation. "
+    "Use aligned, cases or pmatrix only where needed. Never use $ for math: $5 always means money."
 )
 MARKER_NOTE = (
     "Each user turn starts with a tag like [slack message 1700000000.000100]. It is bookkeeping: "
@@ -350,6 +354,7 @@ def build_instructions(
     if channel_instructions:
         parts.append(f"Instructions from this Slack channel:\n{channel_instructions.strip()}")
     parts.append(SLACK_STYLE)
+    parts.append(MATH_STYLE)
     if display_name:
         parts.append(f"The person asking is {display_name}. Address them by that name.")
     if sandbox_files:

@@ -8,6 +8,8 @@ import re
 import pytest
 
 from bot.formatting import DisplayMath, escape_mrkdwn, format_answer, format_reply
+from bot.tutor import build_instructions
+from db.models import Profile
 
 
 def display(latex: str, *fallback: str) -> DisplayMath:
@@ -215,3 +217,11 @@ def test_long_text_around_an_equation_is_split_into_chunks() -> None:
 
 def test_a_broadcast_inside_math_pings_nobody() -> None:
     assert format_answer(r"\(x = \text{@here}\)") == ["x = @\u2060here"]
+
+
+def test_the_model_is_told_how_math_is_shown() -> None:
+    profile = Profile(slug="math", name="Math Tutor", instructions="You are a math tutor.")
+    instructions = build_instructions(profile, display_name="Ann")
+    assert r"\(" in instructions
+    assert r"\[" in instructions
+    assert "$5 always means money" in instructions
