@@ -1,6 +1,6 @@
 """Display equations as PNG images, drawn by matplotlib's mathtext (no TeX installation needed).
 
-Only the Agg canvas is used, never pyplot, so MPLBACKEND and any GUI backend are irrelevant.
+Only mathtext's Agg rasteriser is used, never pyplot or a backend, so MPLBACKEND is irrelevant.
 """
 
 from __future__ import annotations
@@ -11,10 +11,12 @@ import logging
 import threading
 from functools import lru_cache
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+import matplotlib.backends.backend_agg  # noqa: F401  # mathtext's rasteriser; imported at start, not mid-answer
+import numpy as np
+import numpy.typing as npt
 from matplotlib.font_manager import FontProperties
 from matplotlib.mathtext import MathTextParser
+from PIL import Image  # Pillow: matplotlib's own PNG writer, without importing matplotlib.figure
 
 log = logging.getLogger(__name__)
 
@@ -28,16 +30,23 @@ MAX_HEIGHT_PX = 800
 MIN_DPI = 90
 #: Longer LaTeX is not an equation a reader takes in from one image.
 MAX_LATEX_CHARS = 1000
+#: Slack's text colour, on white: legible in light and dark themes alike.
+INK = 0x1D
 
 # mathtext keeps module-level caches and matplotlib is not thread-safe: one render at a time.
 _lock = threading.Lock()
-_measure = MathTextParser("path")
+_raster = MathTextParser("agg")
 _font = FontProperties(size=FONT_SIZE, math_fontfamily="cm")
 
 
 async def render(latex: str) -> bytes | None:
     """The equation as PNG bytes, or None when mathtext can't draw it; runs off the event loop."""
     return await asyncio.to_thread(render_sync, latex)
+
+
+async def render_all(formulas: list[str]) -> list[bytes | None]:
+    """Several equations in one trip to a worker thread."""
+    return await asyncio.to_thread(lambda: [render_sync(latex) for latex in formulas])
 
 
 @lru_cache(maxsize=512)
@@ -54,21 +63,32 @@ def render_sync(latex: str) -> bytes | None:
 
 
 def _draw(math: str) -> bytes | None:
-    width, height, depth, *_ = _measure.parse(math, dpi=72, prop=_font)
-    dpi = _fitting_dpi(width + 2 * 72 * PAD_INCHES, height + 2 * 72 * PAD_INCHES)
+    """Rasterise with mathtext's Agg parser directly: a figure and a tight bbox cost 3× as much."""
+    alpha = _ink(math, DPI)
+    dpi = _fitting_dpi(alpha.shape[1], alpha.shape[0])
     if dpi is None:
         return None
-    figure = Figure(figsize=(width / 72, height / 72), facecolor="white")
-    FigureCanvasAgg(figure)
-    figure.text(0, depth / height, math, fontproperties=_font, color="#1d1c1d")
+    if dpi < DPI:
+        alpha = _ink(math, dpi)
+    pad = round(PAD_INCHES * dpi)
+    height, width = alpha.shape
+    gray = np.full((height + 2 * pad, width + 2 * pad), 255, dtype=np.uint8)
+    # Ink on white: full coverage is INK, none is white, edges blend (the antialiasing).
+    gray[pad : pad + height, pad : pad + width] = 255 - (alpha.astype(np.uint16) * (255 - INK) // 255)
     out = io.BytesIO()
-    figure.savefig(out, format="png", dpi=dpi, bbox_inches="tight", pad_inches=PAD_INCHES, facecolor="white")
+    Image.fromarray(gray, mode="L").save(out, format="PNG")
     return out.getvalue()
 
 
-def _fitting_dpi(width_pt: float, height_pt: float) -> float | None:
+def _ink(math: str, dpi: float) -> npt.NDArray[np.uint8]:
+    """The equation's coverage (0–255) at `dpi`, cropped to the glyphs."""
+    return np.asarray(_raster.parse(math, dpi=dpi, prop=_font).image, dtype=np.uint8)
+
+
+def _fitting_dpi(width_px: int, height_px: int) -> float | None:
     """DPI, lowered so the image stays within MAX_WIDTH_PX × MAX_HEIGHT_PX; None below MIN_DPI."""
-    if width_pt <= 0 or height_pt <= 0:
+    if width_px <= 0 or height_px <= 0:
         return None
-    dpi = min(DPI, MAX_WIDTH_PX * 72 / width_pt, MAX_HEIGHT_PX * 72 / height_pt)
+    pad = 2 * PAD_INCHES * DPI
+    dpi = min(DPI, DPI * MAX_WIDTH_PX / (width_px + pad), DPI * MAX_HEIGHT_PX / (height_px + pad))
     return dpi if dpi >= MIN_DPI else None

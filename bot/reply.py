@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -29,7 +29,7 @@ from bot.formatting import (
     format_reply,
     split_message,
 )
-from bot.math_images import render
+from bot.math_images import render_all
 from bot.slack_api import Place, SlackGateway
 from bot.tutor import place_of
 from db import repo
@@ -49,7 +49,7 @@ SLOW_NOTICE = "OpenAI is slow to answer, still trying…"
 MAX_BLOCKS = 49
 IMAGE_ALT_LIMIT = 2000
 #: Equation images uploaded at once (files.* are Tier 4: 100+/min).
-UPLOAD_CONCURRENCY = 4
+UPLOAD_CONCURRENCY = 8
 #: How long an answer waits for Slack to process its equation images before posting anyway.
 PROCESSING_WAIT = 10.0
 #: Pauses before re-posting a message whose images Slack didn't find yet; then they become text.
@@ -177,53 +177,87 @@ class Replier:
             await self._post_once(run, place, more, text_only.text, blocks=blocks)
 
     async def _equation_images(self, run: Run, formulas: set[str]) -> dict[str, str]:
-        """Slack file ids of the equations that are images: uploaded once per formula and thread."""
+        """Slack file ids of the equations shown as images: each formula uploaded once per thread.
+
+        In phases, so a ten-equation answer costs three commits, not thirty: delivery rows for
+        the new formulas, then step 1 of every upload and their file ids noted, then steps 2–3
+        and the rows done. A pending row with a file id is a crash after step 1; its file is used
+        if the upload completed (one that never completed is invisible: it was never shared).
+        """
         keys = {_equation_key(latex): latex for latex in formulas}
-        async with self._sessions() as session:
+        async with self._sessions.begin() as session:
             known = await repo.uploaded_files_of_thread(session, thread_id=run.thread_id, keys=keys)
+            started = [
+                await repo.start_delivery(session, run_id=run.id, key=key)
+                for key in sorted(keys.keys() - known.keys())
+            ]
         files = {keys[key]: file_id for key, file_id in known.items()}
-        limit = asyncio.Semaphore(UPLOAD_CONCURRENCY)
-
-        async def upload(latex: str) -> tuple[str, str | None]:
-            async with limit:
-                return latex, await self._upload_equation_once(run, latex)
-
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(upload(latex)) for latex in sorted(formulas - files.keys())]
-        fresh = {latex: file_id for latex, file_id in (task.result() for task in tasks) if file_id}
+        todo: list[EquationUpload] = []
+        for delivery, created in started:
+            latex = keys[delivery.key]
+            earlier = None if created else delivery.slack_file_id
+            if earlier and (delivery.state == "done" or await self._slack.upload_state(earlier) != "missing"):
+                files[latex] = earlier
+                await self._finish(delivery.id, slack_file_id=earlier)
+            else:
+                todo.append(EquationUpload(latex, delivery.id))
+        fresh = await self._upload_equations(run, todo)
         await self._wait_processed(list(fresh.values()))
         return files | fresh
 
-    async def _upload_equation_once(self, run: Run, latex: str) -> str | None:
-        """Render and upload one equation, unshared; None when it must be shown as text."""
-        delivery, created = await self._start(run, _equation_key(latex))
-        if delivery.state == "done":
-            return delivery.slack_file_id
-        # A crash after step 1: a completed upload is used; one never completed is invisible.
-        if (
-            not created
-            and delivery.slack_file_id
-            and await self._slack.upload_state(delivery.slack_file_id) != "missing"
-        ):
-            await self._finish(delivery.id, slack_file_id=delivery.slack_file_id)
-            return delivery.slack_file_id
-        png = await render(latex)
-        if png is None:
-            return None
-        try:
-            file_id, upload_url = await self._slack.begin_upload(
-                filename=f"equation-{_equation_key(latex)[5:13]}.png", length=len(png)
-            )
-            await self._note_file(delivery.id, file_id)
-            await self._slack.send_upload(upload_url, png)
-            await self._slack.complete_upload(None, file_id=file_id, title="Equation")
-        except errors.SlackDeliveryFailed as exc:
-            if exc.retryable:
-                raise
-            log.warning("run %s: equation image not uploaded (%s); shown as text", run.id, exc.detail)
-            return None
-        await self._finish(delivery.id, slack_file_id=file_id)
-        return file_id
+    async def _upload_equations(self, run: Run, todo: list[EquationUpload]) -> dict[str, str]:
+        """Render and upload, unshared; an equation mathtext or Slack refuses for good is left out."""
+        for upload, png in zip(todo, await render_all([u.latex for u in todo]), strict=True):
+            upload.png = png
+        todo = [upload for upload in todo if upload.png is not None]
+        await self._each(run, self._begin_equation, todo)
+        async with self._sessions.begin() as session:
+            for upload in todo:
+                if upload.file_id:
+                    await repo.note_delivery_file(
+                        session, delivery_id=upload.delivery_id, file_id=upload.file_id
+                    )
+        done = await self._each(run, self._complete_equation, [upload for upload in todo if upload.file_id])
+        async with self._sessions.begin() as session:
+            for upload in done:
+                await repo.finish_delivery(session, delivery_id=upload.delivery_id, file_id=upload.file_id)
+        return {upload.latex: upload.file_id for upload in done if upload.file_id}
+
+    async def _begin_equation(self, upload: EquationUpload) -> EquationUpload:
+        assert upload.png is not None
+        name = f"equation-{_equation_key(upload.latex)[5:13]}.png"
+        upload.file_id, upload.url = await self._slack.begin_upload(filename=name, length=len(upload.png))
+        return upload
+
+    async def _complete_equation(self, upload: EquationUpload) -> EquationUpload:
+        assert upload.png is not None and upload.file_id is not None
+        await self._slack.send_upload(upload.url, upload.png)
+        await self._slack.complete_upload(None, file_id=upload.file_id, title="Equation")
+        return upload
+
+    async def _each(
+        self,
+        run: Run,
+        step: Callable[[EquationUpload], Awaitable[EquationUpload]],
+        uploads: list[EquationUpload],
+    ) -> list[EquationUpload]:
+        """One upload step for all, side by side; those Slack refuses for good are dropped (a
+        transient failure raises: the delivery is retried)."""
+        limit = asyncio.Semaphore(UPLOAD_CONCURRENCY)
+
+        async def one(upload: EquationUpload) -> EquationUpload | None:
+            async with limit:
+                try:
+                    return await step(upload)
+                except errors.SlackDeliveryFailed as exc:
+                    if exc.retryable:
+                        raise
+                    log.warning("run %s: equation image not uploaded (%s); shown as text", run.id, exc.detail)
+                    return None
+
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(one(upload)) for upload in uploads]
+        return [result for task in tasks if (result := task.result()) is not None]
 
     async def _wait_processed(self, file_ids: Sequence[str]) -> None:
         """One deadline for all: Slack processes them side by side, so most checks find them ready."""
@@ -365,6 +399,17 @@ def _name_chart(ref: ChartRef, number: int) -> ChartUpload:
         return ChartUpload(ref.file_id, ref.container_id, f"chart-{number}.{ext}", f"Chart {number}")
     title = re.sub(r"[_\-]+", " ", stem).strip()
     return ChartUpload(ref.file_id, ref.container_id, ref.filename, title[:1].upper() + title[1:])
+
+
+@dataclass
+class EquationUpload:
+    """One equation image on its way to Slack."""
+
+    latex: str
+    delivery_id: int
+    png: bytes | None = None
+    file_id: str | None = None
+    url: str = ""
 
 
 @dataclass

@@ -73,7 +73,7 @@ class Place:
 #: An uploaded file: not there (yet), uploaded but still being processed, or ready to be shown.
 UploadState = Literal["missing", "processing", "processed"]
 #: Pauses between files.info checks while an upload is processed (Tier 4: 100+/min).
-PROCESSING_BACKOFF = (0.1, 0.2, 0.4, 0.8, 1.6, 2.0, 2.0, 2.0, 2.0, 2.0)
+PROCESSING_BACKOFF = (0.1, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 2.0, 2.0, 2.0)
 
 SLACK_FILE_ORIGIN = "https://files.slack.com"
 #: Slack may announce a file before it has processed it: files.info is retried after these pauses.

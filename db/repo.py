@@ -205,6 +205,18 @@ async def start_delivery(session: AsyncSession, *, run_id: int, key: str) -> tup
     return delivery, created
 
 
+async def note_delivery_file(session: AsyncSession, *, delivery_id: int, file_id: str) -> None:
+    """The Slack file an upload is creating, recorded before the step that can't be undone."""
+    await session.execute(update(Delivery).where(Delivery.id == delivery_id).values(slack_file_id=file_id))
+
+
+async def finish_delivery(session: AsyncSession, *, delivery_id: int, file_id: str | None = None) -> None:
+    values: dict[str, Any] = {"state": "done"}
+    if file_id:
+        values["slack_file_id"] = file_id
+    await session.execute(update(Delivery).where(Delivery.id == delivery_id).values(**values))
+
+
 async def forget_threads(session: AsyncSession, *, threads: Sequence[TutorThread]) -> int:
     """Reset threads: their next message starts a new conversation and sandbox. The OpenAI
     objects they held are queued for deletion. Returns how many threads had anything to forget."""
