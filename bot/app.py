@@ -86,7 +86,13 @@ def build(settings: Settings) -> Components:
         metrics=metrics.openai,
     )
     tutor = Tutor(sessions=sessions, ai=ai, slack=slack, settings=settings)
-    replier = Replier(sessions=sessions, ai=ai, slack=slack, max_file_mb=settings.tutor_max_file_mb)
+    replier = Replier(
+        sessions=sessions,
+        ai=ai,
+        slack=slack,
+        max_file_mb=settings.tutor_max_file_mb,
+        math_images=settings.tutor_math_images,
+    )
     poller = Poller(
         engine=engine,
         sessions=sessions,

@@ -193,7 +193,6 @@ async def test_upload_refused_for_good_falls_back_to_text(bot: Bot) -> None:
     assert "√" in post["blocks"][1]["text"]["text"]
 
 
-@pytest.mark.xfail(reason="bot/app.py must pass math_images=settings.tutor_math_images to Replier")
 async def test_math_images_off_posts_text_only(start_bot: BotFactory) -> None:
     bot = await start_bot(tutor_math_images=False)
     ts = await ask(bot, TWO_EQUATIONS)
