@@ -351,8 +351,8 @@ async def test_sigterm_exits_promptly_and_restart_resumes_within_5s(
         await runs_table.dispose()
 
 
-async def start_worker(processes: Processes, postgres_url: str) -> BotProcess:
-    worker = await processes.start("worker", postgres_url)
+async def start_worker(processes: Processes, postgres_url: str, **env: str) -> BotProcess:
+    worker = await processes.start("worker", postgres_url, **env)
     await processes.wait_logged(worker, "run-poller", "started")
     return worker
 
@@ -393,8 +393,9 @@ async def test_live_slow_worker_keeps_its_run(
     runs_table = RunsTable(postgres_url)
     try:
         web = await processes.start_web("web", postgres_url)
-        slow = await start_worker(processes, postgres_url)
-        ts = await ask_and_hold_poll(processes, web, fake_openai, "What is 5 * 6?", hold=12.0)
+        # Its poll hangs until the watch below is over, however long the second worker takes to start.
+        slow = await start_worker(processes, postgres_url, TUTOR_OPENAI_TIMEOUT="120")
+        ts = await ask_and_hold_poll(processes, web, fake_openai, "What is 5 * 6?", hold=90.0)
         assert lease_pid((await runs_table.of(ts)).lease_owner) == slow.pid
         await start_worker(processes, postgres_url)
 
@@ -405,6 +406,7 @@ async def test_live_slow_worker_keeps_its_run(
             assert run.status == "polling" and lease_pid(run.lease_owner) == slow.pid, run
             assert len(fake_openai.calls(RETRIEVE)) == 1, "another worker polled the live worker's run"
             await asyncio.sleep(0.2)
+        fake_openai.release_delays()
 
         await time_to_answer(fake_slack, ts, time.monotonic())
         await runs_table.wait_finished(1)

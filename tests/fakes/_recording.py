@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json as jsonlib
 import time
@@ -173,6 +174,7 @@ class FakeServer:
         self.requests: list[RecordedRequest] = []
         self._faults: list[_Fault] = []
         self._delays: list[_Delay] = []
+        self._release = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
 
@@ -268,6 +270,11 @@ class FakeServer:
         """Sleep ``seconds`` before handling the next ``times`` matching requests (timeouts)."""
         self._delays.append(_Delay(selector=name, seconds=seconds, remaining=times))
 
+    def release_delays(self) -> None:
+        """End the sleep of every request delayed now: they are handled at once."""
+        self._release.set()
+        self._release = asyncio.Event()
+
     def _take_fault(self, rec: RecordedRequest) -> _Fault | None:
         for fault in self._faults:
             if fault.remaining > 0 and self._matches(fault.selector, rec):
@@ -316,7 +323,9 @@ class FakeServer:
 
         delay = self._take_delay(rec)
         if delay > 0:
-            await asyncio.sleep(delay)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._release.wait()
         fault = self._take_fault(rec)
         if fault is not None and not fault.after_handling:
             rec.status = fault.status
