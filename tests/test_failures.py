@@ -92,7 +92,9 @@ async def test_openai_outage_is_retried_then_told(start_bot: BotFactory) -> None
 
 
 async def test_run_that_takes_too_long_is_cancelled_and_told(start_bot: BotFactory) -> None:
-    bot = await start_bot(tutor_run_timeout=0.3)
+    # Long enough for the create to land even on a loaded machine (0.3 s timed out mid-create
+    # under CI load: nothing to cancel then), short against the model's 30 s.
+    bot = await start_bot(tutor_run_timeout=2.0)
     bot.openai.latency = 30.0
     ts = new_ts()
     await bot.send(mention("Compute a very long thing", ts=ts))
