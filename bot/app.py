@@ -72,7 +72,11 @@ class Components:
 
 
 def build(settings: Settings) -> Components:
-    engine = make_engine(settings.database_url)
+    engine = make_engine(
+        settings.database_url,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
+    )
     sessions = make_sessionmaker(engine)
     metrics = Metrics()
     metrics.track_queue(engine)

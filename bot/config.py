@@ -29,6 +29,13 @@ class DatabaseSettings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
 
     database_url: str = DEFAULT_DATABASE_URL
+    #: PostgreSQL: the pool of each process (connections held open, and extra ones under load).
+    database_pool_size: int = Field(default=5, ge=1)
+    database_max_overflow: int = Field(default=5, ge=0)
+    #: PostgreSQL: where a worker LISTENs for new work, when DATABASE_URL goes through a
+    #: transaction-pooling PgBouncer (LISTEN needs a session: the database itself, or a
+    #: session-pooling bouncer). Default: DATABASE_URL.
+    database_listen_url: str | None = None
 
 
 class Settings(DatabaseSettings):

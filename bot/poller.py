@@ -39,6 +39,7 @@ from bot.reply import SLOW_NOTICE, Replier
 from bot.tutor import Tutor, marker
 from db import leases, repo
 from db.models import Cleanup, Run, utcnow
+from db.notify import WorkListener
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,12 @@ class Poller:
         self._metrics = metrics or Metrics()
         #: time.monotonic() of the claim loop's last iteration: /healthz says when it stalls.
         self._last_loop: float | None = None
+        #: PostgreSQL: NOTIFY from any process wakes this worker at once (polling stays the fallback).
+        self.listener = (
+            WorkListener(settings.database_listen_url or settings.database_url, self.wake)
+            if self._postgres
+            else None
+        )
 
     def wake(self) -> None:
         """Look for work now (a question or a reset was just stored in this process)."""
@@ -117,6 +124,8 @@ class Poller:
             asyncio.create_task(self._loop(self._clean_up, self._cleanup_wakeup), name="openai-cleanup"),
             asyncio.create_task(self._heartbeat_forever(), name="run-heartbeat"),
         ]
+        if self.listener is not None:
+            helpers.append(asyncio.create_task(self.listener.run_forever(), name="work-listener"))
         try:
             await self._claim_forever()
         finally:

@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -97,6 +98,11 @@ class TutorThread(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
+#: The predicates of the partial indexes on runs (migration 0005).
+_ACTIVE = text("status IN ('queued', 'creating', 'unknown', 'polling', 'replying')")
+_FINISHED = text("finished_at IS NOT NULL")
+
+
 class Run(Base):
     """One question and the model run that answers it: the unit of durability and of work."""
 
@@ -105,6 +111,12 @@ class Run(Base):
         UniqueConstraint("team_id", "channel_id", "message_ts", name="uq_runs_message"),
         Index("ix_runs_due", "status", "next_attempt_at"),
         Index("ix_runs_thread", "thread_id", "message_ts"),
+        # Partial: as small as the work in flight, however many finished runs the table holds.
+        Index("ix_runs_active", "next_attempt_at", postgresql_where=_ACTIVE, sqlite_where=_ACTIVE),
+        Index(
+            "ix_runs_active_thread", "thread_id", "message_ts", postgresql_where=_ACTIVE, sqlite_where=_ACTIVE
+        ),
+        Index("ix_runs_finished", "finished_at", postgresql_where=_FINISHED, sqlite_where=_FINISHED),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -154,7 +166,7 @@ class Delivery(Base):
     state: Mapped[str] = mapped_column(String(16), default="pending")
     slack_ts: Mapped[str | None] = mapped_column(String(32))
     slack_file_id: Mapped[str | None] = mapped_column(String(32))
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
 class ThreadFile(Base):

@@ -88,8 +88,7 @@ def make_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
     if parsed.get_backend_name() == "sqlite":
         # One connection per process: SQLite has one writer anyway, and queueing in the pool is
         # fair and cheap where several connections would sleep in SQLite's busy handler.
-        kwargs.setdefault("pool_size", 1)
-        kwargs.setdefault("max_overflow", 0)
+        kwargs.update(pool_size=1, max_overflow=0)
         engine = create_async_engine(parsed, async_creator=_sqlite_connector(parsed), **kwargs)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         event.listen(engine.sync_engine, "begin", _sqlite_begin_immediate)
