@@ -28,6 +28,7 @@ from bot.identity import BotIdentity
 from bot.metrics import CONTENT_TYPE, Metrics
 from bot.poller import Poller
 from bot.reply import Replier
+from bot.retention import Retention
 from bot.slack_api import SlackGateway, make_web_client
 from bot.socket_mode import SocketModeLink, log_fatal
 from bot.tutor import Tutor
@@ -267,6 +268,8 @@ def _lifecycle(
         if with_worker:
             components.tutor.wake = components.poller.wake
             tasks.append(asyncio.create_task(components.poller.run_forever(), name="run-poller"))
+            retention = Retention(components.engine, days=components.settings.tutor_retention_days)
+            tasks.append(asyncio.create_task(retention.run_forever(), name="retention"))
         if with_slack and components.socket is not None:
             tasks.append(asyncio.create_task(components.socket.run(), name="socket-mode"))
         if with_slack:

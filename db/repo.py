@@ -6,9 +6,9 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, tuple_, update
+from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from db.models import ChannelSettings, Cleanup, Delivery, Profile, Run, ThreadFile, TutorThread
 
@@ -291,3 +291,35 @@ async def count_ready_files(session: AsyncSession, *, team_id: str, channel_id: 
         )
     )
     return int(await session.scalar(query) or 0)
+
+
+# Retention (bot.retention): batches of rows past the cut-off. Deleting a run deletes its delivery
+# rows (ON DELETE CASCADE) and unlinks its files (SET NULL); SQLite runs with foreign_keys=ON.
+
+
+async def prune_finished_runs(
+    connection: AsyncSession | AsyncConnection, *, before: datetime, limit: int
+) -> int:
+    """Delete up to `limit` runs that finished before `before` (question text, payloads, deliveries)."""
+    oldest = (
+        select(Run.id)
+        .where(Run.finished_at.is_not(None), Run.finished_at < before, Run.status.in_(("done", "failed")))
+        .order_by(Run.finished_at)
+        .limit(limit)
+    )
+    result = await connection.execute(delete(Run).where(Run.id.in_(oldest.scalar_subquery())))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def prune_finished_cleanups(
+    connection: AsyncSession | AsyncConnection, *, before: datetime, limit: int
+) -> int:
+    """Delete up to `limit` clean-ups OpenAI confirmed before `before`."""
+    oldest = (
+        select(Cleanup.id)
+        .where(Cleanup.done_at.is_not(None), Cleanup.done_at < before)
+        .order_by(Cleanup.done_at)
+        .limit(limit)
+    )
+    result = await connection.execute(delete(Cleanup).where(Cleanup.id.in_(oldest.scalar_subquery())))
+    return int(getattr(result, "rowcount", 0) or 0)
