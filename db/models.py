@@ -178,7 +178,7 @@ class ThreadFile(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     thread_id: Mapped[int] = mapped_column(ForeignKey("tutor_threads.id", ondelete="CASCADE"))
     #: The run that brought the file (its question mentions it).
-    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"), index=True)
     team_id: Mapped[str] = mapped_column(String(32))
     slack_file_id: Mapped[str] = mapped_column(String(32), index=True)
     name: Mapped[str] = mapped_column(String(255))
