@@ -26,6 +26,7 @@ from bot.errors import ConfigError
 from bot.handlers.http import MalformedRequest, RawBodyVerifier, bolt_request, is_ssl_check, signature_problem
 from bot.identity import BotIdentity
 from bot.metrics import CONTENT_TYPE, Metrics
+from bot.pacing import Pacer
 from bot.poller import Poller
 from bot.reply import Replier
 from bot.retention import Retention
@@ -82,7 +83,8 @@ def build(settings: Settings) -> Components:
     metrics = Metrics()
     metrics.track_queue(engine)
     token = settings.slack_bot_token.get_secret_value()
-    client = make_web_client(token, settings.slack_api_url)
+    pacer = Pacer(rate=settings.tutor_slack_channel_rate, burst=settings.tutor_slack_channel_burst)
+    client = make_web_client(token, settings.slack_api_url, pacer=pacer)
     slack = SlackGateway(client, metrics=metrics.slack)
     ai = OpenAIGateway(
         api_key=settings.openai_api_key.get_secret_value(),

@@ -82,6 +82,9 @@ class Settings(DatabaseSettings):
     tutor_shutdown_grace: float = Field(default=3.0, ge=0)
     #: Shared files above this size get a clear sentence and are not downloaded.
     tutor_max_file_mb: int = Field(default=50, ge=1, le=512)
+    #: Posts into one channel per second (Slack allows about 1), and how many may go at once.
+    tutor_slack_channel_rate: float = Field(default=1.0, gt=0)
+    tutor_slack_channel_burst: int = Field(default=3, ge=1)
     #: Finished runs (question text, delivery rows) and finished clean-ups are deleted after this.
     tutor_retention_days: float = Field(default=30.0, gt=0)
     #: Display equations as images (mathtext PNGs in the answer); false: Unicode text only.

@@ -14,13 +14,13 @@ import aiohttp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
-    AsyncRateLimitErrorRetryHandler,
     AsyncServerErrorRetryHandler,
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import errors
 from bot.metrics import CallMetrics, Metrics
+from bot.pacing import Pacer, SharedRateLimitHandler
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +48,18 @@ CALL_TIMEOUT = 15
 COSMETIC_TIMEOUT = 5.0
 
 
-def make_web_client(token: str, base_url: str) -> AsyncWebClient:
-    """The client Bolt and the replier share; 429s and 5xx are retried, not only dropped sockets."""
+def make_web_client(token: str, base_url: str, *, pacer: Pacer | None = None) -> AsyncWebClient:
+    """The client Bolt and the replier share; 429s and 5xx are retried, not only dropped sockets.
+
+    A 429's Retry-After is honoured by every call of the process that shares `pacer`.
+    """
     return AsyncWebClient(
         token=token,
         base_url=base_url,
         timeout=CALL_TIMEOUT,
         retry_handlers=[
             AsyncConnectionErrorRetryHandler(max_retry_count=1),
-            AsyncRateLimitErrorRetryHandler(max_retry_count=3),
+            SharedRateLimitHandler(pacer or Pacer()),
             AsyncServerErrorRetryHandler(max_retry_count=2),
         ],
     )
@@ -88,9 +91,13 @@ def origin(url: str) -> str:
 
 
 class SlackGateway:
-    def __init__(self, client: AsyncWebClient, *, metrics: CallMetrics | None = None) -> None:
+    def __init__(
+        self, client: AsyncWebClient, *, metrics: CallMetrics | None = None, pacer: Pacer | None = None
+    ) -> None:
         self.client = client
         self._metrics = metrics or Metrics().slack
+        #: Slack's limits for every run of this process: per-channel posting pace, shared 429s.
+        self.pacer = pacer or _pacer_of(client) or Pacer()
         # The bot token is only ever sent to Slack's file host and the configured API host.
         self.file_origins = frozenset({SLACK_FILE_ORIGIN, origin(client.base_url)})
         # Posting is not idempotent: a 5xx or dropped connection may hide a success, and a blind
@@ -100,7 +107,7 @@ class SlackGateway:
             token=client.token,
             base_url=client.base_url,
             timeout=CALL_TIMEOUT,
-            retry_handlers=[AsyncRateLimitErrorRetryHandler(max_retry_count=3)],
+            retry_handlers=[SharedRateLimitHandler(self.pacer)],
         )
         self._names: dict[str, tuple[str, float]] = {}
         self._http: aiohttp.ClientSession | None = None
@@ -113,6 +120,7 @@ class SlackGateway:
         self, place: Place, text: str, *, delivery_key: str, blocks: Sequence[dict[str, Any]] | None = None
     ) -> str:
         """Post one message, tagged with `delivery_key` so a retry can find it; return its ts."""
+        await self.pacer.wait_turn("chat.postMessage", place.channel_id)
         response = await self._call(
             "chat.postMessage",
             self._post_client.chat_postMessage(
@@ -385,6 +393,7 @@ class SlackGateway:
 
     async def _call(self, method: str, call: Awaitable[Any]) -> Any:
         """A Web API call whose failure is the caller's: SDK errors become SlackDeliveryFailed."""
+        await self.pacer.wait_turn(method)  # another run's 429 on this method holds it
         try:
             return await self._timed(method, call)
         except SlackApiError as exc:
@@ -397,6 +406,14 @@ class SlackGateway:
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("%s failed: %s", method, type(exc).__name__)
             raise errors.SlackDeliveryFailed(f"{method}: {type(exc).__name__}") from None
+
+
+def _pacer_of(client: AsyncWebClient) -> Pacer | None:
+    """The Pacer behind a client made by make_web_client, so Bolt's calls and ours share one."""
+    for handler in client.retry_handlers:
+        if isinstance(handler, SharedRateLimitHandler):
+            return handler.pacer
+    return None
 
 
 def _is_processed(file: dict[str, Any]) -> bool:

@@ -105,6 +105,9 @@ def make_settings(database_url: str, slack: FakeSlack, openai: FakeOpenAI, **ove
         "database_url": database_url,
         "tutor_poll_interval": 0.05,
         "tutor_lease_seconds": 5.0,
+        # Slack's ~1 post/s per channel would make every test that answers a few questions in
+        # one channel wait; tests/test_pacing.py turns it back on.
+        "tutor_slack_channel_rate": 1000.0,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

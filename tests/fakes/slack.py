@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import mimetypes
 import struct
 import time
@@ -150,6 +151,13 @@ class FakeSlack(FakeServer):
         #: files.info shows no type (nor, for images, size and thumbnails) and an ``image`` block
         #: naming it is refused with ``invalid_blocks``, as Slack does.
         self.process_delay = 0.0
+        #: Slack's posting limit, when set: ``(burst, rate)``, a token bucket per channel ("about one
+        #: message per second, short bursts allowed"); a chat.postMessage finding it empty gets 429
+        #: with Retry-After in whole seconds, as Slack's.
+        self.channel_limit: tuple[int, float] | None = None
+        #: chat.postMessage calls refused with 429 by ``channel_limit``.
+        self.rate_limited = 0
+        self._channel_buckets: dict[str, tuple[float, float]] = {}
         #: All stored messages (bot posts, seeded human messages, upload shares) by channel.
         self.channel_messages: dict[str, list[dict[str, Any]]] = {}
         self.deleted_messages: list[dict[str, Any]] = []
@@ -399,12 +407,31 @@ class FakeSlack(FakeServer):
             return web.json_response({"ok": True, "url": f"ws://127.0.0.1:{self.port}/socket"})
         if token != self.bot_token:
             return web.json_response({"ok": False, "error": "invalid_auth"})
+        if method == "chat.postMessage" and (retry_after := self._over_channel_limit(args)) is not None:
+            self.rate_limited += 1
+            return web.json_response(
+                {"ok": False, "error": "ratelimited"}, status=429, headers={"Retry-After": str(retry_after)}
+            )
         handler = self._methods.get(method)
         if handler is None:
             # assistant.threads.*, and anything else: recorded, answered ok.
             return web.json_response({"ok": True})
         result = await handler(args)
         return web.json_response(result)
+
+    def _over_channel_limit(self, args: dict[str, Any]) -> int | None:
+        """Retry-After seconds if ``channel_limit`` refuses this post; else the post takes a token."""
+        if self.channel_limit is None:
+            return None
+        burst, rate = self.channel_limit
+        channel, now = str(args.get("channel")), time.monotonic()
+        tokens, at = self._channel_buckets.get(channel, (float(burst), now))
+        tokens = min(float(burst), tokens + (now - at) * rate)
+        if tokens < 1.0:
+            self._channel_buckets[channel] = (tokens, now)
+            return max(1, math.ceil((1.0 - tokens) / rate))
+        self._channel_buckets[channel] = (tokens - 1.0, now)
+        return None
 
     def _store(self, channel: str, message: dict[str, Any]) -> None:
         self.channel_messages.setdefault(channel, []).append(message)
