@@ -1,0 +1,195 @@
+"""Drain a burst with `web` + N `worker` processes on PostgreSQL, against the fakes.
+
+    uv run python -m benchmarks.drain [--workers 1 2 4] [--threads 200] [--per-thread 5]
+                                      [--senders 50] [--model 1.5] [--concurrency 100]
+                                      [--postgres postgresql://postgres@127.0.0.1/test]
+
+Each thread is a mention and then follow-ups in its thread (`--per-thread` questions), each thread
+in a channel of its own (Slack's ~1 post/s per channel would otherwise be the limit, not the
+tutor), sent by `--senders` concurrent senders as fast as the web process acks. A follow-up is sent
+once the question before it in its thread was acked (as people type one after the other), not
+answered. Prints, per worker count: the time until every question was answered, the answer
+latency p50/p99 (ack → reply in Slack), and checks that each thread got its answers once each,
+in order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import re
+import signal
+import socket
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+from benchmarks.events import percentile
+from db.migrate import upgrade
+from tests.conftest import process_env
+from tests.fakes import FakeOpenAI, FakeSlack, Turn
+from tests.slack_payloads import as_json, mention, message, new_ts, signed_headers
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def processes(
+    url: str, slack: FakeSlack, openai: FakeOpenAI, *, workers: int, concurrency: int
+) -> AsyncIterator[str]:
+    """`slack-tutor web` and `workers` × `slack-tutor worker`; yields the events URL."""
+    started: list[asyncio.subprocess.Process] = []
+    web_port = free_port()
+    common = {
+        "DATABASE_URL": url,
+        "LOG_LEVEL": "WARNING",
+        "TUTOR_WORKER_CONCURRENCY": str(concurrency),
+    }
+    binary = str(Path(sys.executable).parent / "slack-tutor")
+    try:
+        for command, port in [("web", web_port)] + [("worker", free_port()) for _ in range(workers)]:
+            env = process_env(slack, openai, PORT=str(port), **common)
+            started.append(
+                await asyncio.create_subprocess_exec(
+                    binary, command, env=env, stdout=asyncio.subprocess.DEVNULL
+                )
+            )
+        async with aiohttp.ClientSession() as http:
+            for _ in range(300):
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(f"http://127.0.0.1:{web_port}/healthz") as response:
+                        if response.status == 200:
+                            break
+                await asyncio.sleep(0.1)
+        await asyncio.sleep(2.0)  # the workers' imports and first claim
+        yield f"http://127.0.0.1:{web_port}/slack/events"
+    finally:
+        for process in started:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+        for process in started:
+            await process.wait()
+
+
+def answering(request: dict[str, Any]) -> Turn:
+    tags = re.findall(r"\[slack message ([0-9.]+)\]", json.dumps(request.get("input")))
+    return Turn(text=f"Answer to {tags[-1]}.", code=None)
+
+
+async def burst(
+    endpoint: str, *, threads: int, per_thread: int, senders: int
+) -> tuple[dict[str, float], dict[tuple[str, str], list[str]]]:
+    """Send the burst; returns ack time per question ts, and the questions of each (channel, root)."""
+    acked: dict[str, float] = {}
+    asked: dict[tuple[str, str], list[str]] = {}
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(threads):
+        queue.put_nowait(i)
+    connector = aiohttp.TCPConnector(limit=senders)
+    async with aiohttp.ClientSession(connector=connector) as http:
+
+        async def send(body: str, ts: str) -> None:
+            async with http.post(endpoint, data=body.encode(), headers=signed_headers(body)) as response:
+                await response.read()
+                assert response.status == 200, response.status
+            acked[ts] = time.time()  # the fakes stamp requests with time.time()
+
+        async def sender() -> None:
+            while not queue.empty():
+                i = queue.get_nowait()
+                channel, root = f"C{i:07d}", new_ts()
+                asked[(channel, root)] = [root]
+                await send(as_json(mention(f"Question 1 of thread {i}", ts=root, channel=channel)), root)
+                for n in range(2, per_thread + 1):
+                    ts = new_ts()
+                    asked[(channel, root)].append(ts)
+                    body = as_json(
+                        message(f"Question {n} of thread {i}", ts=ts, thread_ts=root, channel=channel)
+                    )
+                    await send(body, ts)
+
+        await asyncio.gather(*(sender() for _ in range(senders)))
+    return acked, asked
+
+
+async def drain(args: argparse.Namespace, workers: int) -> None:
+    name = f"bench_drain_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(args.postgres)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = args.postgres.rsplit("/", 1)[0] + f"/{name}"
+    total = args.threads * args.per_thread
+    try:
+        await asyncio.to_thread(upgrade, url)
+        async with FakeSlack() as slack, FakeOpenAI() as openai:
+            openai.latency = args.model
+            openai.script = answering
+            async with processes(
+                url, slack, openai, workers=workers, concurrency=args.concurrency
+            ) as endpoint:
+                began = time.monotonic()
+                acked, asked = await burst(
+                    endpoint, threads=args.threads, per_thread=args.per_thread, senders=args.senders
+                )
+                sent = time.monotonic() - began
+                deadline = began + 600
+                while len(slack.calls("chat.postMessage")) < total and time.monotonic() < deadline:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+                drained = time.monotonic() - began
+            answered_at: dict[str, float] = {}
+            wrong = 0
+            for (channel, _root), questions in asked.items():
+                posts = [c for c in slack.calls("chat.postMessage") if c.args.get("channel") == channel]
+                texts = [str(c.args.get("text")) for c in posts]
+                if texts != [f"Answer to {ts}." for ts in questions]:
+                    wrong += 1
+                for ts, post in zip(questions, posts, strict=False):
+                    answered_at[ts] = post.received_at
+        latencies = [answered_at[ts] - acked[ts] for ts in acked if ts in answered_at]
+        p50, p99 = (percentile(latencies, p) for p in (50, 99))
+        print(
+            f"  {workers} worker{'s' if workers > 1 else ' '}: {len(latencies)}/{total} answered"
+            f" in {drained:5.1f} s"
+            f" (sent in {sent:4.1f} s)   answer p50 {p50:5.1f} s   p99 {p99:5.1f} s"
+            f"   threads out of order or with a lost/double answer: {wrong}"
+        )
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--threads", type=int, default=200)
+    parser.add_argument("--per-thread", type=int, default=5)
+    parser.add_argument("--senders", type=int, default=50)
+    parser.add_argument("--model", type=float, default=1.5)
+    parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1/test")
+    args = parser.parse_args()
+    floor = args.per_thread * args.model
+    print(
+        f"{args.threads * args.per_thread} questions in {args.threads} threads ({args.per_thread} each, "
+        f"model {args.model} s: {floor:.1f} s per thread at best), {args.senders} senders, "
+        f"TUTOR_WORKER_CONCURRENCY={args.concurrency}:"
+    )
+    for workers in args.workers:
+        await drain(args, workers)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
