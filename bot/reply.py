@@ -13,7 +13,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -33,7 +33,7 @@ from bot.math_images import render_all
 from bot.slack_api import Place, SlackGateway
 from bot.tutor import place_of
 from db import repo
-from db.models import Delivery, Run, ThreadFile
+from db.models import Delivery, Run, ThreadFile, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,9 @@ MAX_BLOCKS = 49
 IMAGE_ALT_LIMIT = 2000
 #: Equation images uploaded at once (files.* are Tier 4: 100+/min).
 UPLOAD_CONCURRENCY = 8
+#: Seconds a post or share whose answer was never seen (the worker died, the call timed out) may
+#: still land at Slack; a retry looks for it only once they have passed, or it would post twice.
+IN_FLIGHT = 5.0
 #: How long an answer waits for Slack to process its equation images before posting anyway.
 PROCESSING_WAIT = 10.0
 #: Pauses before re-posting a message whose images Slack didn't find yet; then they become text.
@@ -332,12 +335,14 @@ class Replier:
         if delivery.state == "done":
             return
         if not created:
+            await _settled(delivery)
             found = await self._slack.find_post(
                 place, delivery_key=self._tag(run, key), oldest=run.message_ts
             )
             if found:
                 await self._finish(delivery.id, slack_ts=found)
                 return
+            await self._attempting(delivery.id)
         ts = await self._slack.post(place, text, delivery_key=self._tag(run, key), blocks=blocks)
         await self._finish(delivery.id, slack_ts=ts)
 
@@ -345,17 +350,16 @@ class Replier:
         delivery, created = await self._start(run, f"file:{chart.file_id}")
         if delivery.state == "done":
             return
-        if (
-            not created
-            and delivery.slack_file_id
-            and await self._slack.is_shared(delivery.slack_file_id, place.channel_id)
-        ):
-            await self._finish(delivery.id, slack_file_id=delivery.slack_file_id)
-            return
+        if not created and delivery.slack_file_id:
+            await _settled(delivery)
+            if await self._slack.is_shared(delivery.slack_file_id, place.channel_id):
+                await self._finish(delivery.id, slack_file_id=delivery.slack_file_id)
+                return
         content = await self._ai.download_container_file(chart.container_id, chart.file_id)
         file_id, upload_url = await self._slack.begin_upload(filename=chart.filename, length=len(content))
         await self._note_file(delivery.id, file_id)
         await self._slack.send_upload(upload_url, content)
+        await self._attempting(delivery.id)
         await self._slack.complete_upload(place, file_id=file_id, title=chart.title)
         await self._finish(delivery.id, slack_file_id=file_id)
         log.info("run %s: uploaded %s to %s", run.id, chart.filename, place.channel_id)
@@ -367,6 +371,10 @@ class Replier:
     async def _start(self, run: Run, key: str) -> tuple[Delivery, bool]:
         async with self._sessions.begin() as session:
             return await repo.start_delivery(session, run_id=run.id, key=key)
+
+    async def _attempting(self, delivery_id: int) -> None:
+        async with self._sessions.begin() as session:
+            await repo.mark_delivery_attempted(session, delivery_id=delivery_id)
 
     async def _note_file(self, delivery_id: int, file_id: str) -> None:
         async with self._sessions.begin() as session:
@@ -383,6 +391,19 @@ class Replier:
                 delivery.state = "done"
                 delivery.slack_ts = slack_ts or delivery.slack_ts
                 delivery.slack_file_id = slack_file_id or delivery.slack_file_id
+
+
+async def _settled(delivery: Delivery) -> None:
+    """An earlier attempt's request may still be landing at Slack (the worker died, or its call
+    timed out, while Slack was handling it): wait until it can't be, then look for it."""
+    if delivery.attempted_at is None:
+        return
+    wait = (delivery.attempted_at + timedelta(seconds=IN_FLIGHT) - utcnow()).total_seconds()
+    if wait > 0:
+        log.info(
+            "delivery %s: waiting %.1fs for an earlier attempt to land before looking", delivery.id, wait
+        )
+        await asyncio.sleep(wait)
 
 
 def _shown(name: str) -> str:

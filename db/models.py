@@ -166,6 +166,9 @@ class Delivery(Base):
     state: Mapped[str] = mapped_column(String(16), default="pending")
     slack_ts: Mapped[str | None] = mapped_column(String(32))
     slack_file_id: Mapped[str | None] = mapped_column(String(32))
+    #: When Slack was last asked to post or share it: an attempt whose answer was never seen may
+    #: still land for a few seconds, so a retry looks for it only after that (reply.IN_FLIGHT).
+    attempted_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 

@@ -10,7 +10,7 @@ from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from db.models import ChannelSettings, Cleanup, Delivery, Profile, Run, ThreadFile, TutorThread
+from db.models import ChannelSettings, Cleanup, Delivery, Profile, Run, ThreadFile, TutorThread, utcnow
 
 
 def _insert(session: AsyncSession, table: Any) -> Any:
@@ -195,7 +195,7 @@ async def start_delivery(session: AsyncSession, *, run_id: int, key: str) -> tup
     attempt may already have reached Slack)."""
     result = await session.execute(
         _insert(session, Delivery)
-        .values(run_id=run_id, key=key, state="pending")
+        .values(run_id=run_id, key=key, state="pending", attempted_at=utcnow())
         .on_conflict_do_nothing(index_elements=["run_id", "key"])
         .returning(Delivery.id)
     )
@@ -203,6 +203,11 @@ async def start_delivery(session: AsyncSession, *, run_id: int, key: str) -> tup
     delivery = await get_delivery(session, run_id=run_id, key=key)
     assert delivery is not None
     return delivery, created
+
+
+async def mark_delivery_attempted(session: AsyncSession, *, delivery_id: int) -> None:
+    """Slack is about to be asked (again) to post or share it."""
+    await session.execute(update(Delivery).where(Delivery.id == delivery_id).values(attempted_at=utcnow()))
 
 
 async def note_delivery_file(session: AsyncSession, *, delivery_id: int, file_id: str) -> None:

@@ -1,4 +1,5 @@
-"""scale: partial indexes for claiming, rescuing and pruning; NOTIFY triggers for instant hand-off
+"""scale: partial indexes for claiming, rescuing and pruning; NOTIFY triggers for instant hand-off;
+deliveries.attempted_at
 
 Revision ID: 0005_scale
 Revises: 0004
@@ -69,6 +70,7 @@ def upgrade() -> None:
         )
     with op.batch_alter_table("deliveries", schema=None) as batch_op:
         batch_op.create_index("ix_deliveries_created_at", ["created_at"])
+        batch_op.add_column(sa.Column("attempted_at", sa.DateTime(timezone=True), nullable=True))
     # Deleting a run unlinks its files (ON DELETE SET NULL): without this, a scan of thread_files each.
     with op.batch_alter_table("thread_files", schema=None) as batch_op:
         batch_op.create_index("ix_thread_files_run_id", ["run_id"])
@@ -87,6 +89,7 @@ def downgrade() -> None:
     with op.batch_alter_table("thread_files", schema=None) as batch_op:
         batch_op.drop_index("ix_thread_files_run_id")
     with op.batch_alter_table("deliveries", schema=None) as batch_op:
+        batch_op.drop_column("attempted_at")
         batch_op.drop_index("ix_deliveries_created_at")
     with op.batch_alter_table("runs", schema=None) as batch_op:
         batch_op.drop_index("ix_runs_finished")
