@@ -6,7 +6,7 @@
 Fills a fresh database with `--finished` finished runs (100 per thread, as a long-lived workspace
 leaves them) and `--active` due questions, then times `claim_due_runs` (32 at a time, rolled back so
 every round sees the same queue), `dead_owners` and one retention batch, with the partial indexes
-of migration 0005 and without them (dropped: the table as it was before). Prints p50/p99 and the
+of migration 0006 and without them (dropped: the table as it was before). Prints p50/p99 and the
 EXPLAIN ANALYZE plan of each query.
 """
 
@@ -144,7 +144,7 @@ async def main() -> None:
         await fill(engine, finished=args.finished, active=args.active)
         filled = time.perf_counter() - began
         print(f"{args.finished:,} finished runs and {args.active} active ones in {filled:.0f} s")
-        await measure(engine, args.rounds, "with the partial indexes (migration 0005)")
+        await measure(engine, args.rounds, "with the partial indexes (migration 0006)")
         async with engine.begin() as connection:
             for index in PARTIAL_INDEXES:
                 await connection.exec_driver_sql(f"DROP INDEX {index}")

@@ -98,7 +98,7 @@ class TutorThread(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
-#: The predicates of the partial indexes on runs (migration 0005).
+#: The predicates of the partial indexes on runs (migration 0006).
 _ACTIVE = text("status IN ('queued', 'creating', 'unknown', 'polling', 'replying')")
 _FINISHED = text("finished_at IS NOT NULL")
 

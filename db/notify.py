@@ -1,6 +1,6 @@
 """Instant hand-off on PostgreSQL: workers LISTEN, the database NOTIFYs.
 
-Triggers (migration 0005) send `NOTIFY slack_tutor_work` whenever a run becomes claimable (a
+Triggers (migration 0006) send `NOTIFY slack_tutor_work` whenever a run becomes claimable (a
 question, a reset or a button press is stored; a lease is released; a run finishes and the next
 question of its thread is due) or a clean-up is queued. The notification is delivered when the
 storing transaction commits, by whichever process committed it, so a web process wakes every
@@ -27,7 +27,7 @@ from db.session import normalize_url
 
 log = logging.getLogger(__name__)
 
-#: The channel the triggers notify (migration 0005).
+#: The channel the triggers notify (migration 0006).
 CHANNEL = "slack_tutor_work"
 #: Seconds between liveness checks of the LISTEN connection: a connection cut without a FIN
 #: (a dead host, a black-holed proxy) is noticed within this plus the check's timeout.

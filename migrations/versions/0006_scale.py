@@ -1,8 +1,8 @@
 """scale: partial indexes for claiming, rescuing and pruning; NOTIFY triggers for instant hand-off;
 deliveries.attempted_at
 
-Revision ID: 0005_scale
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-02 09:40:00.000000
 
 The indexes cover only what each query reads, so they stay small however many finished runs the
@@ -20,8 +20,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0005_scale"
-down_revision: str | None = "0004"
+revision: str = "0006"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
