@@ -190,6 +190,8 @@ class Poller:
                 "conversation": self._ai.delete_conversation,
                 "container": self._ai.delete_container,
                 "file": self._ai.delete_file,
+                "vector_store": self._ai.delete_vector_store,
+                "vector_store_file": self._ai.delete_vector_store_file,
             }[cleanup.kind]
             try:
                 await delete(cleanup.object_id)
@@ -328,6 +330,13 @@ class Poller:
         elif run.kind == "reset":
             await self._tutor.reset_thread(run)
             await self._replier.reset_notice(run)
+            await self._save(run, status="done", finished_at=utcnow())
+        elif run.kind == "library" and run.status == "queued":
+            outcome = await self._tutor.library.index(
+                run, lambda status: self._tutor.show_working(run, status)
+            )
+            await self._replier.notify(run, "library", outcome.message())
+            await self._replier.deliver(run, None)  # clears a DM's status
             await self._save(run, status="done", finished_at=utcnow())
         elif run.status == "queued":
             await self._create(run)
