@@ -23,6 +23,7 @@ from bot.attach import FileAttacher
 from bot.documents import DocumentDesk, channel_scope
 from bot.files import SharedFile, type_label
 from bot.inbox import Question, UnstorableQuestion, run_row, storable
+from bot.slack_api import SlackGateway
 from db import repo
 from db.models import Document, Run, utcnow
 
@@ -104,10 +105,12 @@ class Library:
         sessions: async_sessionmaker[AsyncSession],
         files: FileAttacher,
         desk: DocumentDesk,
+        slack: SlackGateway,
     ) -> None:
         self._sessions = sessions
         self._files = files
         self._desk = desk
+        self._slack = slack
 
     async def accept(self, question: Question) -> bool | None:
         """Store a library add for this message: the run and its files. None when the message
@@ -162,26 +165,8 @@ class Library:
                 for f in await repo.files_of_thread(session, thread_id=thread.id)
                 if f.slack_meta
             ]
-        scope = channel_scope(question.team_id, question.channel_id)
-        await repo.insert_documents(
-            session,
-            rows=[
-                {
-                    "scope": "channel",
-                    "scope_key": scope,
-                    "team_id": question.team_id,
-                    "channel_id": question.channel_id,
-                    "run_id": run_id,
-                    "slack_file_id": f.id,
-                    "name": f.name[:255],
-                    "filetype": f.filetype[:32],
-                    "mimetype": f.mimetype[:128],
-                    "size": f.size,
-                    "added_by": question.user_id,
-                    "slack_meta": f.meta,
-                }
-                for f in files
-            ],
+        await _store_documents(
+            session, question.team_id, question.channel_id, run_id, question.user_id, files
         )
         log.info("library add %s/%s: %d files", question.channel_id, question.message_ts, len(files))
         return True
@@ -227,6 +212,8 @@ class Library:
         """The worker's part of a library add: upload, index, wait (bounded), and say how it went."""
         async with self._sessions() as session:
             docs = list(await repo.documents_of_run(session, run_id=run.id))
+        if not docs and run.reply_thread_ts and run.reply_thread_ts != run.message_ts:
+            docs = await self._files_of_thread_root(run)
         for doc in docs:
             if doc.status == "pending" and doc.openai_file_id is None:
                 await self._upload(doc)
@@ -246,6 +233,17 @@ class Library:
             show=lambda done, total: show(f"is indexing: {done} of {total} files indexed…"),
         )
         return _outcome(finished, limit_mb=self._files.max_bytes >> 20)
+
+    async def _files_of_thread_root(self, run: Run) -> list[Document]:
+        """Said in the thread of a file share the tutor never stored (no mention): that message's files."""
+        assert run.reply_thread_ts is not None
+        found = await self._slack.thread_root_files(run.channel_id, run.reply_thread_ts)
+        files = [SharedFile.from_slack(f) for f in found if isinstance(f.get("id"), str)]
+        if not files:
+            return []
+        async with self._sessions.begin() as session:
+            await _store_documents(session, run.team_id, run.channel_id, run.id, run.user_id, files)
+            return list(await repo.documents_of_run(session, run_id=run.id))
 
     async def _upload(self, doc: Document) -> None:
         shared = SharedFile.from_slack(
@@ -268,6 +266,37 @@ class Library:
             if row is not None:
                 for key, value in values.items():
                     setattr(row, key, value)
+
+
+async def _store_documents(
+    session: AsyncSession,
+    team_id: str,
+    channel_id: str,
+    run_id: int,
+    user_id: str,
+    files: Sequence[SharedFile],
+) -> None:
+    """Pending library documents; a file already in the library is not added again."""
+    await repo.insert_documents(
+        session,
+        rows=[
+            {
+                "scope": "channel",
+                "scope_key": channel_scope(team_id, channel_id),
+                "team_id": team_id,
+                "channel_id": channel_id,
+                "run_id": run_id,
+                "slack_file_id": f.id[:32],
+                "name": f.name[:255],
+                "filetype": f.filetype[:32],
+                "mimetype": f.mimetype[:128],
+                "size": f.size,
+                "added_by": user_id,
+                "slack_meta": f.meta,
+            }
+            for f in files
+        ],
+    )
 
 
 def _outcome(docs: Sequence[Document], *, limit_mb: int) -> LibraryOutcome:

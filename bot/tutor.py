@@ -87,7 +87,7 @@ class Tutor:
             sessions=sessions, ai=ai, slack=slack, max_bytes=settings.tutor_max_file_mb << 20
         )
         self.documents = DocumentDesk(sessions=sessions, ai=ai, settings=settings)
-        self.library = Library(sessions=sessions, files=self._files, desk=self.documents)
+        self.library = Library(sessions=sessions, files=self._files, desk=self.documents, slack=slack)
         self.wake = wake
 
     async def accept(self, question: Question) -> bool:

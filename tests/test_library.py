@@ -61,17 +61,21 @@ async def test_library_add_indexes_the_files_and_every_thread_searches_them(bot:
     assert all(d.openai_file_id and d.vector_store_id == store.id for d in docs)
 
     # Two other threads of the channel: each searches the library and names the source.
-    for question in ("What is the tutoring code for this course?", "What is a monomial?"):
+    for number, (question, name, fact) in enumerate(
+        [
+            ("What is the tutoring code for this course?", "algebra-notes.pdf", "OTTER-7"),
+            ("What is a monomial?", "glossary.txt", "single term"),
+        ],
+        start=2,
+    ):
         thread = new_ts()
         await bot.send(mention(f"<@U0TUTORBOT> {question}", ts=thread))
-        await wait_for(lambda: bot.slack.messages(CHANNEL, thread), message="no answer")
+        await bot.wait_runs_finished(number)
         (answer,) = _texts(bot, thread)
         create = bot.openai.calls("POST /v1/responses$")[-1].json
         assert {"type": "file_search", "vector_store_ids": [store.id]} in create["tools"]
         assert "library" in create["instructions"]
-        name = "algebra-notes.pdf" if "tutoring" in question else "glossary.txt"
-        assert f"|{name}>*" in answer and answer.startswith(f"From {name}:")
-    assert "OTTER-7" in _texts(bot, bot.slack.calls("chat.postMessage")[1].json["thread_ts"])[0]
+        assert answer.startswith(f"From {name}:") and fact in answer and f"|{name}>*" in answer
 
     # The same file added again is not uploaded twice.
     uploads = len(bot.openai.calls("POST /v1/files"))
@@ -166,3 +170,14 @@ async def test_reset_keeps_the_channel_library(bot: Bot) -> None:
     create = bot.openai.calls("POST /v1/responses$")[-1].json
     assert {"type": "file_search", "vector_store_ids": [store.id]} in create["tools"]
     assert "OTTER-7" in _texts(bot, later)[0]
+
+
+async def test_add_this_to_the_library_in_the_thread_of_a_shared_file(bot: Bot) -> None:
+    notes, _ = _host(bot)
+    root = new_ts()
+    bot.slack.add_message(CHANNEL, root, "notes for the course", ALICE, files=[notes], subtype="file_share")
+    await bot.send(file_share("notes for the course", [notes], ts=root))  # not for the tutor: ignored
+    await bot.send(mention("<@U0TUTORBOT> add this to the library", thread_ts=root))
+    await wait_for(lambda: any(t.startswith("Added") for t in _texts(bot, root)), message="not added")
+    assert [d.name for d in await _documents(bot)] == ["algebra-notes.pdf"]
+    assert "indexed 1 of 1 file" in _texts(bot, root)[-1]
