@@ -107,3 +107,28 @@ async def test_reset_forgets_the_threads_documents_at_openai(start_bot: BotFacto
     await wait_for(lambda: not bot.openai.vector_stores and not bot.openai.files, message="thread store left")
     assert f"/v1/vector_stores/{store.id}" in [c.path for c in bot.openai.calls("DELETE /v1/vector_stores")]
     assert [c.path for c in bot.openai.calls("DELETE /v1/files")] == [f"/v1/files/{file_id}"]  # once
+
+
+async def test_a_large_document_openai_cannot_index_gets_one_sentence(start_bot: BotFactory) -> None:
+    bot = await start_bot(tutor_document_max_pages=1)
+    bot.openai.unindexable = {"scan.pdf"}
+    shared = bot.slack.host_file("scan.pdf", WORKSHEET, "application/pdf")
+    ts = new_ts()
+    await bot.send(file_share(QUESTION, [shared], ts=ts))
+    await bot.wait_runs_finished(1)
+    notice, answer = _answers(bot, ts)
+    assert notice.startswith("OpenAI couldn't index `scan.pdf` for searching")
+    create = bot.openai.calls("POST /v1/responses$")[0].json
+    assert not any(t["type"] == "file_search" for t in create["tools"])  # nothing in the store to search
+    assert answer
+
+
+async def test_the_wait_for_indexing_is_bounded(start_bot: BotFactory) -> None:
+    bot = await start_bot(tutor_document_max_pages=1, tutor_index_wait=0.5)
+    bot.openai.index_polls = 10_000  # never finishes
+    shared = bot.slack.host_file("worksheet.pdf", WORKSHEET, "application/pdf")
+    ts = new_ts()
+    await bot.send(file_share(QUESTION, [shared], ts=ts))
+    (run,) = await bot.wait_runs_finished(1)
+    assert run.status == "done"
+    assert len(bot.openai.calls("POST /v1/responses$")) == 1  # answered without the document
