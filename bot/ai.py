@@ -320,16 +320,19 @@ class OpenAIGateway:
                 vector_store_id, file_ids=list(file_ids), timeout=2 * self._timeout
             )
 
-    async def index_state(self, vector_store_id: str, file_id: str) -> IndexState:
-        with self._calling("vector_stores.files.retrieve"):
-            found = await self._client.vector_stores.files.retrieve(file_id, vector_store_id=vector_store_id)
-        error = found.last_error
-        return IndexState(
-            file_id=file_id,
-            status=found.status,
-            error_code=error.code if error else None,
-            error_message=error.message if error else None,
-        )
+    async def index_states(self, vector_store_id: str) -> dict[str, IndexState]:
+        """How indexing goes for every file of a store, by file id (one listing, paginated)."""
+        found: dict[str, IndexState] = {}
+        with self._calling("vector_stores.files.list"):
+            async for item in self._client.vector_stores.files.list(vector_store_id, limit=100):
+                error = item.last_error
+                found[item.id] = IndexState(
+                    file_id=item.id,
+                    status=item.status,
+                    error_code=error.code if error else None,
+                    error_message=error.message if error else None,
+                )
+        return found
 
     async def delete_vector_store(self, vector_store_id: str) -> None:
         await self._delete(self._client.vector_stores.delete(vector_store_id), "vector_stores.delete")

@@ -23,7 +23,7 @@ from typing import IO
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot import errors
-from bot.ai import ModelReply, OpenAIGateway
+from bot.ai import IndexState, ModelReply, OpenAIGateway
 from bot.config import Settings
 from bot.files import SharedFile, file_type
 from bot.formatting import escape_mrkdwn
@@ -37,7 +37,7 @@ TEXT_PAGE_BYTES = 3000
 #: Indexing files of a channel library refreshed before a run (the rest wait for the next one).
 REFRESH_LIMIT = 20
 #: Private-use citation markers (`\ue200filecite…\ue201`) and the Assistants-era `【4:0†notes.pdf】`.
-_MARKERS = re.compile(r"\ue200[^\ue201]*\ue201|【[^】\n]{0,120}】")
+_MARKERS = re.compile(r"\ue200[^\ue201]*\ue201|【[^】\n]{0,120}†[^】\n]{0,200}】")
 _PPTX_SLIDE = re.compile(r"ppt/slides/slide\d+\.xml")
 _DOCX_PAGES = re.compile(rb"<Pages>(\d+)</Pages>")
 
@@ -243,6 +243,10 @@ class DocumentDesk:
                 row = await session.get(Document, doc.id)
                 if row is not None:
                     row.status, row.vector_store_id = "indexing", store
+                else:  # removed meanwhile: take it out of the store again
+                    await repo.queue_cleanup(
+                        session, kind="vector_store_file", object_id=f"{store}/{doc.openai_file_id}"
+                    )
 
     async def wait_indexed(
         self, doc_ids: Sequence[int], *, show: Callable[[int, int], Awaitable[None]]
@@ -272,11 +276,15 @@ class DocumentDesk:
         """Ask OpenAI how the indexing documents are doing, and record it."""
         async with self._sessions() as session:
             docs = list(await repo.documents_by_ids(session, ids=doc_ids))
-        states = {}
-        for doc in docs:
-            if doc.status == "indexing" and doc.vector_store_id and doc.openai_file_id:
-                states[doc.id] = await self._ai.index_state(doc.vector_store_id, doc.openai_file_id)
-        changed = {i: s for i, s in states.items() if s.done}
+        indexing = [d for d in docs if d.status == "indexing" and d.vector_store_id and d.openai_file_id]
+        by_store: dict[str, dict[str, IndexState]] = {}
+        for store in {d.vector_store_id or "" for d in indexing}:
+            by_store[store] = await self._ai.index_states(store)  # one listing per store, not per file
+        changed = {}
+        for doc in indexing:
+            state = by_store[doc.vector_store_id or ""].get(doc.openai_file_id or "")
+            if state is not None and state.done:
+                changed[doc.id] = state
         if changed:
             async with self._sessions.begin() as session:
                 for doc_id, state in changed.items():

@@ -266,6 +266,8 @@ class Library:
             if row is not None:
                 for key, value in values.items():
                     setattr(row, key, value)
+            elif "openai_file_id" in values:  # removed from the library meanwhile: nothing orphaned
+                await repo.queue_cleanup(session, kind="file", object_id=values["openai_file_id"])
 
 
 async def _store_documents(

@@ -430,3 +430,8 @@ async def take_library_request(
         .returning(LibraryRequest.expires_at)
     )
     return any(expires_at > now for (expires_at,) in result)
+
+
+async def queue_cleanup(session: AsyncSession, *, kind: str, object_id: str) -> None:
+    """An OpenAI object to delete in the clean-up loop (retried until OpenAI says it is gone)."""
+    session.add(Cleanup(kind=kind, object_id=object_id))
