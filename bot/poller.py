@@ -3,7 +3,7 @@ finished responses to the replier.
 
 A run moves queued → creating → polling → replying → done|failed (`unknown` after a create whose
 outcome we could not see). Every step starts from what the row says, so any worker can pick up a
-run whose worker died.
+run whose worker died. A library run (`bot.library`) indexes its files and reports in one step.
 
 Each claimed run is driven by its own task, at most `TUTOR_WORKER_CONCURRENCY` at once: a run
 whose OpenAI or Slack call hangs holds one slot until that call's deadline, never the loop that

@@ -119,7 +119,8 @@ class Run(Base):
     user_id: Mapped[str] = mapped_column(String(32))
     text: Mapped[str] = mapped_column(Text)
     event_id: Mapped[str | None] = mapped_column(String(64))
-    #: "answer" (a model run), or "offer" (ask whether to analyse a shared file).
+    #: "answer" (a model run), "offer" (ask whether to analyse a shared file), "reset", or
+    #: "library" (index files into the channel's library, bot.library).
     kind: Mapped[str] = mapped_column(String(16), default="answer", server_default="answer")
     #: Overrides the thread's profile for this run (file analyses use the data visualizer).
     profile_id: Mapped[int | None] = mapped_column(ForeignKey("profiles.id"))

@@ -1,4 +1,4 @@
-"""A fake OpenAI API (Responses in background mode, Conversations, Containers, Files).
+"""A fake OpenAI API (Responses in background mode, Conversations, Containers, Files, Vector stores).
 
 Point the real SDK at it: ``AsyncOpenAI(api_key=fake.api_key, base_url=fake.base_url)``.
 
@@ -16,6 +16,13 @@ Response lifecycle: ``POST /v1/responses`` answers ``queued``; the first retriev
 it at once without a retrieve. With a ``latency`` set, a response also finishes by itself once
 that time has passed, polled or not, as a real background response does (a client that lost
 the create's answer can then find it in the conversation).
+
+Vector stores: a file added (``/files`` or ``/file_batches``) is ``in_progress`` until it has been
+looked at (retrieved or listed) ``fake.index_polls`` times, then ``completed``, or ``failed`` with
+``unsupported_file`` when its name is in ``fake.unindexable``. ``fake.answer_from_documents()``
+scripts a model that answers from the text of the ``input_file`` documents it is shown and the
+indexed files of its ``file_search`` stores (a PDF's text is read from its content streams), and
+cites a searched file with a ``file_citation`` annotation.
 """
 
 from __future__ import annotations
