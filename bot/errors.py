@@ -156,6 +156,13 @@ class DocumentNotIndexed(FileError):
     )
 
 
+class NotForLibrary(FileError):
+    template = (
+        "`{name}` can't go into the library: it holds PDF, DOCX, PPTX, TXT and Markdown files. "
+        "Share a {type} file with a question instead, and I'll analyse it in that thread."
+    )
+
+
 class FileDownloadFailed(FileError):
     template = "I couldn't download `{name}` from Slack. Please share it again."
 

@@ -256,6 +256,8 @@ class Library:
         )
         values: dict[str, Any]
         try:
+            if shared.kind not in ("document", None):  # file_search reads documents, not data or images
+                raise errors.NotForLibrary(name=shared.name)
             uploaded = await self._files.transfer(shared)
             values = {"openai_file_id": uploaded.file_id}
         except errors.FileError as exc:

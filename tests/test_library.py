@@ -148,6 +148,17 @@ async def test_a_file_openai_cannot_index_gets_one_sentence(bot: Bot) -> None:
     assert "OpenAI couldn't index `glossary.txt` for searching" in message
     listed = await _command(bot, "library")
     assert "(indexed 1 of 2 files)" in listed["text"] and "OpenAI couldn't index it" in listed["text"]
+    assert "*Channel library:* indexed 1 of 2 files" in (await _command(bot, "status"))["text"]
+
+
+async def test_a_spreadsheet_is_not_put_into_the_library(bot: Bot) -> None:
+    sheet = bot.slack.host_file("grades.csv", b"name,grade\nAda,A\n", "text/csv")
+    notes, _ = _host(bot)
+    ts = await _add_to_library(bot, [sheet, notes])
+    (message,) = _texts(bot, ts)
+    assert message.startswith("Added to this channel's library: indexed 1 of 1 file.")
+    assert "`grades.csv` can't go into the library" in message
+    assert {s.filename for s in bot.openai.files.values()} == {"algebra-notes.pdf"}  # never uploaded
 
 
 async def test_reset_keeps_the_channel_library(bot: Bot) -> None:

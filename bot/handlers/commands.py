@@ -101,6 +101,9 @@ async def _status(tutor: Tutor, where: dict[str, str], _rest: str) -> str:
         f"*Active tutor threads:* {status.active_threads}  •  *Files held:* {status.files}",
         f"*Auto analysis of shared spreadsheets:* {'on' if status.auto_analysis else 'off'}",
     ]
+    library = await tutor.library.listing(**where)
+    if library.entries:
+        lines.append(f"*Channel library:* {library.progress} (`/tutor library` lists them)")
     if status.custom_instructions:
         lines.append(f"*Custom instructions:* {status.custom_instructions}")
     return "\n".join(lines)
