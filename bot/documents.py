@@ -145,21 +145,14 @@ class DocumentDesk:
         large = [f for f in docs if not self.shown_whole(f)]
         if large:
             await self._index_thread_documents(run, thread, large, show)
-        stores: list[str] = []
-        async with self._sessions() as session:
-            searched = await repo.documents_in_scope(session, scope_key=thread_scope(thread.id))
-        ready = [d for d in searched if d.status == "ready" and d.vector_store_id]
-        if ready:
-            stores.append(ready[0].vector_store_id or "")
-        library = await self.library_store(run.team_id, run.channel_id)
-        if library is not None:
-            stores.append(library[0])
+        thread_store = await self.searchable(thread_scope(thread.id))
+        library = await self.searchable(channel_scope(run.team_id, run.channel_id))
         return DocumentPlan(
             input_file_ids=tuple(f.openai_file_id or "" for f in shown),
-            vector_store_ids=tuple(stores),
+            vector_store_ids=tuple(store for store, _ in (thread_store, library) if store),
             shown=tuple(f.name for f in shown),
-            searched=tuple(d.name for d in ready),
-            library_files=library[1] if library else 0,
+            searched=tuple(d.name for d in thread_store[1]),
+            library_files=len(library[1]),
         )
 
     async def _index_thread_documents(
@@ -303,24 +296,21 @@ class DocumentDesk:
                 docs = list(await repo.documents_by_ids(session, ids=doc_ids))
         return docs
 
-    async def library_store(self, team_id: str, channel_id: str) -> tuple[str, int] | None:
-        """The channel library's store and its searchable files, if it has any (indexing ones
-        are refreshed first: a library add that outlasted its wait finishes here)."""
-        scope = channel_scope(team_id, channel_id)
+    async def searchable(self, scope_key: str) -> tuple[str | None, list[Document]]:
+        """A scope's vector store and the documents in it that can be searched (indexing ones are
+        refreshed first: indexing that outlasted its wait finishes here); (None, []) if none."""
         async with self._sessions() as session:
-            docs = await repo.documents_in_scope(session, scope_key=scope)
+            docs = await repo.documents_in_scope(session, scope_key=scope_key)
         indexing = [d.id for d in docs if d.status == "indexing"][:REFRESH_LIMIT]
         if indexing:
             try:
                 await self.refresh(indexing)
             except errors.TutorError as exc:
-                log.info("library of %s: could not refresh indexing (%s)", channel_id, exc.code)
+                log.info("%s: could not refresh indexing (%s)", scope_key, exc.code)
             async with self._sessions() as session:
-                docs = await repo.documents_in_scope(session, scope_key=scope)
+                docs = await repo.documents_in_scope(session, scope_key=scope_key)
         usable = [d for d in docs if d.status in ("ready", "indexing") and d.vector_store_id]
-        if not usable:
-            return None
-        return usable[0].vector_store_id or "", len(usable)
+        return (usable[0].vector_store_id, usable) if usable else (None, [])
 
 
 async def sources_of(session: AsyncSession, run: Run, reply: ModelReply) -> list[Source]:

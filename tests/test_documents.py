@@ -131,4 +131,6 @@ async def test_the_wait_for_indexing_is_bounded(start_bot: BotFactory) -> None:
     await bot.send(file_share(QUESTION, [shared], ts=ts))
     (run,) = await bot.wait_runs_finished(1)
     assert run.status == "done"
-    assert len(bot.openai.calls("POST /v1/responses$")) == 1  # answered without the document
+    (create,) = [c.json for c in bot.openai.calls("POST /v1/responses$")]  # answered without waiting more
+    (store,) = bot.openai.vector_stores
+    assert {"type": "file_search", "vector_store_ids": [store]} in create["tools"]  # what is indexed by then
