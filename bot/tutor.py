@@ -391,7 +391,9 @@ def _input_text(run: Run, files: Sequence[ThreadFile]) -> str:
         lines.append("")
         lines.append("Files I shared with this message:")
         for file in files:
-            where = file.container_path or "attached as an image"
+            where = file.container_path or (
+                "attached as a document" if _kind(file) == "document" else "attached as an image"
+            )
             lines.append(f"- {file.name} ({file_type(file.filetype, file.name).upper()}): {where}")
     return "\n".join(lines)
 
