@@ -115,7 +115,7 @@ class Library:
     async def accept(self, question: Question) -> bool | None:
         """Store a library add for this message: the run and its files. None when the message
         isn't one (the tutor treats it as a question); False for a duplicate."""
-        explicit = question.is_mention and ADD_WORDS.match(question.text) is not None
+        explicit = question.starts_thread and ADD_WORDS.match(question.text) is not None
         if not explicit and (question.is_mention or not question.files):
             return None
         try:
@@ -227,7 +227,8 @@ class Library:
                 name=f"slack-tutor library {run.team_id}:{run.channel_id}",
             )
             await self._desk.start_indexing(docs, store)
-        await show(f"is indexing {len(docs)} file{'' if len(docs) == 1 else 's'}…")
+        if docs:
+            await show(f"is indexing {len(docs)} file{'' if len(docs) == 1 else 's'}…")
         finished = await self._desk.wait_indexed(
             [d.id for d in docs],
             show=lambda done, total: show(f"is indexing: {done} of {total} files indexed…"),
