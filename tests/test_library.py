@@ -192,3 +192,22 @@ async def test_add_this_to_the_library_in_the_thread_of_a_shared_file(bot: Bot) 
     await wait_for(lambda: any(t.startswith("Added") for t in _texts(bot, root)), message="not added")
     assert [d.name for d in await _documents(bot)] == ["algebra-notes.pdf"]
     assert "indexed 1 of 1 file" in _texts(bot, root)[-1]
+
+
+async def test_keep_it_leaves_the_library_alone(bot: Bot) -> None:
+    notes, _ = _host(bot)
+    await _add_to_library(bot, [notes])
+    confirm = await _command(bot, "library clear")
+    assert confirm["text"].startswith("Remove all 1 file from this channel's library?")
+    press = block_action(
+        "tutor_library_keep",
+        CHANNEL,
+        message_ts=new_ts(),
+        thread_ts="",
+        response_url=bot.slack.response_url("k"),
+    )
+    assert (await bot.send_form(press))[0] == 200
+    await wait_for(lambda: bot.slack.responded, message="no answer to the press")
+    assert bot.slack.responded[-1]["text"] == "The library stays as it is."
+    assert len(await _documents(bot)) == 1 and bot.openai.vector_stores
+    assert not bot.openai.calls("DELETE")
