@@ -40,7 +40,7 @@ async def child(args: argparse.Namespace) -> None:
     await ai.upload_file("warm-up.csv", io.BytesIO(b"a,b\n1,2\n"), "text/csv")
     baseline = status_mb("VmRSS")
     began = time.perf_counter()
-    file_id = await attacher.transfer(file)
+    file_id = (await attacher.transfer(file)).file_id
     elapsed = time.perf_counter() - began
     peak = status_mb("VmHWM")
     await slack.close()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -43,6 +43,30 @@ class ChartRef:
 
 
 @dataclass(frozen=True)
+class Citation:
+    """A document passage the answer cites (`file_citation`): an OpenAI file id and its name."""
+
+    file_id: str
+    filename: str
+    #: Where OpenAI placed it in the text (unused: the Sources line goes under the answer).
+    index: int = 0
+
+
+@dataclass(frozen=True)
+class IndexState:
+    """A file's indexing in a vector store: in_progress, completed, failed or cancelled."""
+
+    file_id: str
+    status: str
+    error_code: str | None = None
+    error_message: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.status != "in_progress"
+
+
+@dataclass(frozen=True)
 class ContainerFile:
     id: str
     container_id: str
@@ -69,6 +93,8 @@ class ModelReply:
     refused: bool = False
     #: Containers the run's code executed in (where uncited charts may be).
     container_ids: tuple[str, ...] = ()
+    #: Documents the answer cites (`file_citation`), de-duplicated, in order.
+    citations: tuple[Citation, ...] = ()
 
     @property
     def ran_code(self) -> bool:
@@ -108,6 +134,10 @@ class RunRequest:
     reasoning_effort: str = "low"
     max_output_tokens: int = 16000
     image_file_ids: tuple[str, ...] = ()
+    #: Documents shown to the model page by page (`input_file` parts).
+    document_file_ids: tuple[str, ...] = ()
+    #: Vector stores the model searches (`file_search`): the thread's, the channel library's.
+    vector_store_ids: tuple[str, ...] = ()
 
 
 class OpenAIGateway:
@@ -192,11 +222,15 @@ class OpenAIGateway:
         content: list[Any] = [{"type": "input_text", "text": request.input_text}]
         for file_id in request.image_file_ids:
             content.append({"type": "input_image", "file_id": file_id, "detail": "auto"})
+        for file_id in request.document_file_ids:
+            content.append({"type": "input_file", "file_id": file_id})
         user_turn: list[Any] = [{"role": "user", "content": content}]
         reasoning: Any = {"effort": request.reasoning_effort}
         tools: list[Any] = []
         if request.container_id:
             tools.append({"type": "code_interpreter", "container": request.container_id})
+        if request.vector_store_ids:
+            tools.append({"type": "file_search", "vector_store_ids": list(request.vector_store_ids)})
         with self._calling("responses.create", creating=True):
             response = await self._create_client.responses.create(
                 model=request.model,
@@ -274,6 +308,44 @@ class OpenAIGateway:
     async def delete_file(self, file_id: str) -> None:
         await self._delete(self._client.files.delete(file_id), "files.delete")
 
+    async def create_vector_store(self, name: str, metadata: Mapping[str, str]) -> str:
+        with self._calling("vector_stores.create"):
+            store = await self._client.vector_stores.create(name=name[:200], metadata=dict(metadata))
+        return store.id
+
+    async def add_to_vector_store(self, vector_store_id: str, file_ids: Sequence[str]) -> None:
+        """Start indexing files in a store (one batch); their progress is read with `index_state`."""
+        with self._calling("vector_stores.file_batches.create"):
+            await self._client.vector_stores.file_batches.create(
+                vector_store_id, file_ids=list(file_ids), timeout=2 * self._timeout
+            )
+
+    async def index_states(self, vector_store_id: str) -> dict[str, IndexState]:
+        """How indexing goes for every file of a store, by file id (one listing, paginated)."""
+        found: dict[str, IndexState] = {}
+        with self._calling("vector_stores.files.list"):
+            async for item in self._client.vector_stores.files.list(vector_store_id, limit=100):
+                error = item.last_error
+                found[item.id] = IndexState(
+                    file_id=item.id,
+                    status=item.status,
+                    error_code=error.code if error else None,
+                    error_message=error.message if error else None,
+                )
+        return found
+
+    async def delete_vector_store(self, vector_store_id: str) -> None:
+        await self._delete(self._client.vector_stores.delete(vector_store_id), "vector_stores.delete")
+
+    async def delete_vector_store_file(self, ref: str) -> None:
+        """Take a file out of a store (`ref` is "<store id>/<file id>", as `repo.forget_documents` queues
+        it); the Files API file stays until deleted."""
+        vector_store_id, _, file_id = ref.partition("/")
+        await self._delete(
+            self._client.vector_stores.files.delete(file_id, vector_store_id=vector_store_id),
+            "vector_stores.files.delete",
+        )
+
     async def check_model(self, model: str) -> None:
         """For `doctor`: the key works and the model exists."""
         with self._calling("models.retrieve"):
@@ -288,6 +360,7 @@ def _reply_from(response_id: str | None, status: str, items: Iterable[Any], resp
     """Walk output items by type (never `output_text`: it glues messages and drops citations)."""
     texts: list[str] = []
     charts: dict[str, ChartRef] = {}
+    citations: dict[str, Citation] = {}
     refused = False
     containers: dict[str, None] = {}
     for item in items:
@@ -301,6 +374,8 @@ def _reply_from(response_id: str | None, status: str, items: Iterable[Any], resp
                 for note in part.annotations or ():
                     if note.type == "container_file_citation":
                         _add_chart(charts, ChartRef(note.container_id, note.file_id, note.filename))
+                    elif note.type == "file_citation":
+                        citations.setdefault(note.file_id, Citation(note.file_id, note.filename, note.index))
             elif part.type == "refusal":
                 refused = True
                 texts.append(part.refusal)
@@ -316,6 +391,7 @@ def _reply_from(response_id: str | None, status: str, items: Iterable[Any], resp
         incomplete_reason=getattr(incomplete, "reason", None),
         refused=refused,
         container_ids=tuple(containers),
+        citations=tuple(citations.values()),
     )
 
 

@@ -8,18 +8,30 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from dataclasses import dataclass
 from typing import IO, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot import errors
 from bot.ai import OpenAIGateway
+from bot.documents import count_pages
 from bot.files import SharedFile, file_size, looks_right, mime_for, type_label
 from bot.slack_api import SlackGateway
 from db import repo
 from db.models import ThreadFile
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Uploaded:
+    """A Slack file now in the OpenAI Files API."""
+
+    file_id: str
+    #: A document's pages (see `bot.documents.count_pages`); None for other files or when unknown.
+    pages: int | None = None
+
 
 IN_MEMORY_BYTES = 4 << 20
 #: How far past Slack's announced size a download may run before it is stopped.
@@ -54,20 +66,23 @@ class FileAttacher:
                 await self._save(file.id, status="rejected", error_code=exc.code)
 
     async def _attach(self, file: ThreadFile, container_id: str | None) -> None:
-        openai_file_id = file.openai_file_id or await self._upload(file)
         if file.openai_file_id is None:
-            await self._save(file.id, openai_file_id=openai_file_id)
+            uploaded = await self._upload(file)
+            await self._save(file.id, openai_file_id=uploaded.file_id, pages=uploaded.pages)
+            openai_file_id = uploaded.file_id
+        else:
+            openai_file_id = file.openai_file_id
         path = await self._ai.add_to_container(container_id, openai_file_id) if container_id else None
         await self._save(file.id, status="ready", container_path=path)
         log.info("file %s attached to thread %s at %s", file.slack_file_id, file.thread_id, path)
 
-    async def _upload(self, file: ThreadFile) -> str:
+    async def _upload(self, file: ThreadFile) -> Uploaded:
         meta = file.slack_meta or {"id": file.slack_file_id, "name": file.name}
         shared = SharedFile.from_slack({"filetype": file.filetype, "mimetype": file.mimetype, **meta})
         return await self.transfer(shared)
 
-    async def transfer(self, file: SharedFile) -> str:
-        """Slack → checks → OpenAI Files, streamed; returns the OpenAI file id."""
+    async def transfer(self, file: SharedFile) -> Uploaded:
+        """Slack → checks → OpenAI Files, streamed; returns the OpenAI file id (and a document's pages)."""
         if file.kind is None:
             raise errors.UnsupportedFileType(
                 name=file.name, type=type_label(file.filetype, file.name, file.mimetype)
@@ -87,10 +102,12 @@ class FileAttacher:
                 raise errors.FileSizeMismatch(f"{size} bytes, {expected} announced", name=file.name)
             if (expected and size != expected) or not looks_right(file.filetype, file.name, head):
                 raise errors.FileUnreadable(f"{size} bytes, expected {expected}", name=file.name)
+            pages = count_pages(file.filetype, file.name, spool, size) if file.kind == "document" else None
             spool.seek(0)
-            return await self._ai.upload_file(
+            file_id = await self._ai.upload_file(
                 file.name, spool, mime_for(file.filetype, file.name, file.mimetype)
             )
+            return Uploaded(file_id, pages)
 
     async def _download(self, url: str, spool: IO[bytes], file: SharedFile, expected: int) -> int:
         """Download no more than Slack announced (plus a margin), or the cap when it announced nothing:

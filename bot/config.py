@@ -87,6 +87,12 @@ class Settings(DatabaseSettings):
     tutor_slack_channel_burst: int = Field(default=3, ge=1)
     #: Finished runs (question text, delivery rows) and finished clean-ups are deleted after this.
     tutor_retention_days: float = Field(default=30.0, gt=0)
+    #: A shared document up to this many pages (and TUTOR_DOCUMENT_MAX_MB) is shown to the model
+    #: page by page (`input_file`); a larger one goes to the thread's vector store and is searched.
+    tutor_document_max_pages: int = Field(default=30, ge=0)
+    tutor_document_max_mb: float = Field(default=10.0, ge=0)
+    #: How long a question waits for its documents to be indexed, and a library add for its files.
+    tutor_index_wait: float = Field(default=120.0, gt=0)
     #: Display equations as images (mathtext PNGs in the answer); false: Unicode text only.
     tutor_math_images: bool = True
 

@@ -131,7 +131,7 @@ class FileTooLarge(FileError):
 class UnsupportedFileType(FileError):
     template = (
         "I can't work with `{name}`: {type} files aren't supported. "
-        "I can read CSV, TSV, XLSX, JSON, TXT, PDF and images (PNG, JPEG, GIF, WebP)."
+        "I can read CSV, TSV, XLSX, JSON, TXT, Markdown, PDF, DOCX, PPTX and images (PNG, JPEG, GIF, WebP)."
     )
 
 
@@ -146,6 +146,20 @@ class FileSizeMismatch(FileError):
     template = (
         "`{name}` turned out larger than Slack said it was, so I stopped downloading it. "
         "Please share it again."
+    )
+
+
+class DocumentNotIndexed(FileError):
+    template = (
+        "OpenAI couldn't index `{name}` for searching, so I can't look things up in it; "
+        "a PDF with selectable text, a DOCX or a TXT file works best."
+    )
+
+
+class NotForLibrary(FileError):
+    template = (
+        "`{name}` can't go into the library: it holds PDF, DOCX, PPTX, TXT and Markdown files. "
+        "Share a {type} file with a question instead, and I'll analyse it in that thread."
     )
 
 

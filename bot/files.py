@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-#: filetype → (kind, MIME type sent to OpenAI). "data" goes to the sandbox; "image" also to the model.
+#: filetype → (kind, MIME type sent to OpenAI). "data" goes to the sandbox; "image" and "document"
+#: also to the model (a document as `input_file` parts, or searched when large: see bot.documents).
 SUPPORTED: dict[str, tuple[str, str]] = {
     "csv": ("data", "text/csv"),
     "tsv": ("data", "text/tab-separated-values"),
@@ -14,6 +15,10 @@ SUPPORTED: dict[str, tuple[str, str]] = {
     "text": ("document", "text/plain"),
     "txt": ("document", "text/plain"),
     "pdf": ("document", "application/pdf"),
+    "docx": ("document", "application/vnd.openxmlformats-officedocument.wordprocessingml.document"),
+    "pptx": ("document", "application/vnd.openxmlformats-officedocument.presentationml.presentation"),
+    "md": ("document", "text/markdown"),
+    "markdown": ("document", "text/markdown"),
     "png": ("image", "image/png"),
     "jpg": ("image", "image/jpeg"),
     "jpeg": ("image", "image/jpeg"),
@@ -22,10 +27,12 @@ SUPPORTED: dict[str, tuple[str, str]] = {
 }
 #: Types worth offering an analysis for when shared without a mention.
 ANALYSABLE = frozenset({"csv", "tsv", "xlsx"})
-SUPPORTED_NAMES = "CSV, TSV, XLSX, JSON, TXT, PDF, PNG, JPEG, GIF or WebP"
+SUPPORTED_NAMES = "CSV, TSV, XLSX, JSON, TXT, MD, PDF, DOCX, PPTX, PNG, JPEG, GIF or WebP"
 
 _MAGIC: dict[str, tuple[bytes, ...]] = {
     "xlsx": (b"PK\x03\x04",),
+    "docx": (b"PK\x03\x04",),
+    "pptx": (b"PK\x03\x04",),
     "pdf": (b"%PDF",),
     "png": (b"\x89PNG\r\n\x1a\n",),
     "jpg": (b"\xff\xd8\xff",),

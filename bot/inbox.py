@@ -253,7 +253,7 @@ class Inbox:
 
 
 def run_row(q: Question, *, kind: str, thread_id: int, profile_id: int | None) -> dict[str, Any]:
-    """A new run for question `q` (kinds: "answer", "offer", "reset")."""
+    """A new run for question `q` (kinds: "answer", "offer", "reset", "library")."""
     return {
         "run_uuid": str(uuid.uuid4()),
         "thread_id": thread_id,

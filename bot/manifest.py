@@ -108,8 +108,11 @@ def build(*, name: str, bot_name: str, request_url: str | None) -> dict[str, Any
     if request_url:
         command["url"] = request_url
     command |= {
-        "description": "Reset the tutor, pick a profile, or show help and status",
-        "usage_hint": "help | reset | status | profile [math|data] | instructions <text> | auto on|off",
+        "description": "Reset the tutor, pick a profile, manage the channel library, or show help",
+        "usage_hint": (
+            "help | reset | status | profile [math|data] | instructions <text> | auto on|off | "
+            "library [add|remove <name>|clear]"
+        ),
         "should_escape": False,
     }
     return {

@@ -3,7 +3,7 @@ finished responses to the replier.
 
 A run moves queued → creating → polling → replying → done|failed (`unknown` after a create whose
 outcome we could not see). Every step starts from what the row says, so any worker can pick up a
-run whose worker died.
+run whose worker died. A library run (`bot.library`) indexes its files and reports in one step.
 
 Each claimed run is driven by its own task, at most `TUTOR_WORKER_CONCURRENCY` at once: a run
 whose OpenAI or Slack call hangs holds one slot until that call's deadline, never the loop that
@@ -199,6 +199,8 @@ class Poller:
                 "conversation": self._ai.delete_conversation,
                 "container": self._ai.delete_container,
                 "file": self._ai.delete_file,
+                "vector_store": self._ai.delete_vector_store,
+                "vector_store_file": self._ai.delete_vector_store_file,
             }[cleanup.kind]
             try:
                 await delete(cleanup.object_id)
@@ -337,6 +339,13 @@ class Poller:
         elif run.kind == "reset":
             await self._tutor.reset_thread(run)
             await self._replier.reset_notice(run)
+            await self._save(run, status="done", finished_at=utcnow())
+        elif run.kind == "library" and run.status == "queued":
+            outcome = await self._tutor.library.index(
+                run, lambda status: self._tutor.show_working(run, status)
+            )
+            await self._replier.notify(run, "library", outcome.message())
+            await self._replier.deliver(run, None)  # clears a DM's status
             await self._save(run, status="done", finished_at=utcnow())
         elif run.status == "queued":
             await self._create(run)

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot import errors
 from bot.ai import ChartRef, ModelReply, OpenAIGateway
+from bot.documents import sources_line, sources_of, strip_citation_markers
 from bot.files import type_label
 from bot.formatting import (
     SLACK_CHUNK_LIMIT,
@@ -129,12 +130,15 @@ class Replier:
             text, failure = f"{reply.text}\n\n{CUT_OFF_NOTE}", None
         charts = await self._charts(run, reply)
         uploaded = {chart.filename: chart.title for chart in charts}
+        text = strip_citation_markers(text)
         if not text.strip():
             parts: list[str | DisplayMath] = []
         elif self._math_images:
             parts = format_answer(text, uploaded)
         else:
             parts = list(format_reply(text, uploaded))
+        if parts:
+            parts = await self._with_sources(run, reply, parts)
         if any(isinstance(part, DisplayMath) for part in parts):
             await self._post_with_equations(run, place, parts)
         else:
@@ -142,6 +146,20 @@ class Replier:
         for chart in charts:
             await self._upload_once(run, place, chart)
         return failure
+
+    async def _with_sources(
+        self, run: Run, reply: ModelReply, parts: list[str | DisplayMath]
+    ) -> list[str | DisplayMath]:
+        """The answer with a "Sources: …" line under it when it used documents."""
+        async with self._sessions() as session:
+            sources = await sources_of(session, run, reply)
+        if not sources:
+            return parts
+        line = sources_line(sources)
+        last = parts[-1]
+        if isinstance(last, str) and len(last) + len(line) + 2 <= SLACK_CHUNK_LIMIT:
+            return [*parts[:-1], f"{last}\n\n{line}"]
+        return [*parts, line]
 
     async def _post_texts(self, run: Run, place: Place, parts: list[str]) -> None:
         for index, part in enumerate(parts):

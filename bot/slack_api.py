@@ -162,6 +162,20 @@ class SlackGateway:
                 return str(message["ts"])
         return None
 
+    async def thread_root_files(self, channel_id: str, thread_ts: str) -> list[dict[str, Any]]:
+        """The files shared with a thread's first message ("add this to the library" in its thread)."""
+        call = self.client.conversations_replies(channel=channel_id, ts=thread_ts, limit=1)
+        try:
+            response = await self._call("conversations.replies", call)
+        except errors.SlackDeliveryFailed as exc:
+            if "thread_not_found" in exc.detail:
+                return []
+            raise
+        for message in response.get("messages") or []:
+            if message.get("ts") == thread_ts:
+                return [f for f in message.get("files") or [] if isinstance(f, dict)]
+        return []
+
     async def begin_upload(self, *, filename: str, length: int) -> tuple[str, str]:
         """Step 1 of files upload v2: (Slack file id, pre-signed upload URL)."""
         response = await self._call(

@@ -15,9 +15,11 @@ from bot import errors
 from bot.ai import OpenAIGateway, RunRequest
 from bot.attach import FileAttacher
 from bot.config import Settings
+from bot.documents import DocumentDesk
 from bot.files import SharedFile, file_type
 from bot.home import home_view
 from bot.inbox import DATA_PROFILE, Inbox, Question, run_row
+from bot.library import Library
 from bot.slack_api import Place, SlackGateway
 from db import repo
 from db.models import Profile, Run, ThreadFile, TutorThread
@@ -84,12 +86,15 @@ class Tutor:
         self._files = FileAttacher(
             sessions=sessions, ai=ai, slack=slack, max_bytes=settings.tutor_max_file_mb << 20
         )
+        self.documents = DocumentDesk(sessions=sessions, ai=ai, settings=settings)
+        self.library = Library(sessions=sessions, files=self._files, desk=self.documents, slack=slack)
         self.wake = wake
 
     async def accept(self, question: Question) -> bool:
         """Store the question as a queued run if the tutor should answer it; False when it shouldn't
         (not addressed to the tutor) or when this Slack message already has a run."""
-        accepted = await self._inbox.store(question)
+        library_add = await self.library.accept(question)
+        accepted = await self._inbox.store(question) if library_add is None else library_add
         if accepted:
             log.info("question %s/%s queued", question.channel_id, question.message_ts)
             self.wake()
@@ -245,6 +250,7 @@ class Tutor:
         if "code_interpreter" in profile.tools:
             container_id, sandbox_reset = await self._sandbox(thread)
         await self._files.attach_pending(thread.id, container_id)
+        documents = await self.documents.prepare(run, thread, lambda status: self.show_working(run, status))
         async with self._sessions() as session:
             files = list(await repo.files_of_thread(session, thread_id=thread.id))
         mine = [f for f in files if f.run_id == run.id and f.status == "ready"]
@@ -260,6 +266,7 @@ class Tutor:
                 sandbox_reset=sandbox_reset,
                 sandbox_files=[f.container_path for f in files if f.status == "ready" and f.container_path],
                 channel_instructions=channel.custom_instructions if channel else None,
+                documents=documents.instructions(),
             ),
             input_text=_input_text(run, mine),
             container_id=container_id,
@@ -271,6 +278,8 @@ class Tutor:
             reasoning_effort=self._settings.tutor_reasoning_effort,
             max_output_tokens=self._settings.tutor_max_output_tokens,
             image_file_ids=tuple(f.openai_file_id for f in mine if f.openai_file_id and _kind(f) == "image"),
+            document_file_ids=documents.input_file_ids,
+            vector_store_ids=documents.vector_store_ids,
         )
 
     async def _sandbox(self, thread: TutorThread) -> tuple[str, bool]:
@@ -348,6 +357,7 @@ def build_instructions(
     sandbox_reset: bool = False,
     sandbox_files: Sequence[str] = (),
     channel_instructions: str | None = None,
+    documents: str | None = None,
 ) -> str:
     """The full instructions for one run: profile, then per-run context (never carried over by OpenAI)."""
     parts = [profile.instructions.strip()]
@@ -359,6 +369,8 @@ def build_instructions(
         parts.append(f"The person asking is {display_name}. Address them by that name.")
     if sandbox_files:
         parts.append("Files in your Python sandbox: " + ", ".join(sandbox_files) + ".")
+    if documents:
+        parts.append(documents)
     if sandbox_reset:
         parts.append(
             "Your Python sandbox was reset since the last turn: earlier variables are gone and files "
@@ -379,7 +391,9 @@ def _input_text(run: Run, files: Sequence[ThreadFile]) -> str:
         lines.append("")
         lines.append("Files I shared with this message:")
         for file in files:
-            where = file.container_path or "attached as an image"
+            where = file.container_path or (
+                "attached as a document" if _kind(file) == "document" else "attached as an image"
+            )
             lines.append(f"- {file.name} ({file_type(file.filetype, file.name).upper()}): {where}")
     return "\n".join(lines)
 

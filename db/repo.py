@@ -10,7 +10,19 @@ from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from db.models import ChannelSettings, Cleanup, Delivery, Profile, Run, ThreadFile, TutorThread, utcnow
+from db.models import (
+    ChannelSettings,
+    Cleanup,
+    Delivery,
+    Document,
+    LibraryRequest,
+    Profile,
+    Run,
+    ThreadFile,
+    TutorThread,
+    VectorStore,
+    utcnow,
+)
 
 
 def _insert(session: AsyncSession, table: Any) -> Any:
@@ -235,6 +247,9 @@ async def forget_threads(session: AsyncSession, *, threads: Sequence[TutorThread
             forgotten += 1
         for file in files:
             await session.delete(file)
+        await forget_thread_documents(
+            session, thread=thread, file_ids={f.openai_file_id for f in files if f.openai_file_id}
+        )
         thread.conversation_id = None
         thread.container_id = None
     return forgotten
@@ -328,3 +343,133 @@ async def prune_finished_cleanups(
     )
     result = await connection.execute(delete(Cleanup).where(Cleanup.id.in_(oldest.scalar_subquery())))
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+# Documents and the channel library (bot.documents, bot.library)
+
+
+async def insert_documents(session: AsyncSession, *, rows: Sequence[dict[str, Any]]) -> None:
+    """Record documents; a Slack file already in that scope is not added (or uploaded) twice."""
+    if rows:
+        await session.execute(
+            _insert(session, Document)
+            .values(list(rows))
+            .on_conflict_do_nothing(index_elements=["scope_key", "slack_file_id"])
+        )
+
+
+async def documents_in_scope(session: AsyncSession, *, scope_key: str) -> Sequence[Document]:
+    query = select(Document).where(Document.scope_key == scope_key).order_by(Document.id)
+    return (await session.scalars(query)).all()
+
+
+async def documents_by_ids(session: AsyncSession, *, ids: Collection[int]) -> Sequence[Document]:
+    if not ids:
+        return []
+    query = select(Document).where(Document.id.in_(list(ids))).order_by(Document.id)
+    return (await session.scalars(query)).all()
+
+
+async def documents_of_run(session: AsyncSession, *, run_id: int) -> Sequence[Document]:
+    query = select(Document).where(Document.run_id == run_id).order_by(Document.id)
+    return (await session.scalars(query)).all()
+
+
+async def documents_for_channel(
+    session: AsyncSession, *, team_id: str, channel_id: str, thread_id: int
+) -> Sequence[Document]:
+    """The channel library's documents and this thread's own."""
+    query = select(Document).where(
+        Document.team_id == team_id,
+        Document.channel_id == channel_id,
+        (Document.scope == "channel") | (Document.thread_id == thread_id),
+    )
+    return (await session.scalars(query)).all()
+
+
+async def get_vector_store(session: AsyncSession, *, scope_key: str) -> VectorStore | None:
+    return await session.scalar(select(VectorStore).where(VectorStore.scope_key == scope_key))
+
+
+async def set_vector_store_once(
+    session: AsyncSession, *, scope_key: str, team_id: str, channel_id: str, openai_id: str
+) -> str:
+    """Store the scope's vector store unless another worker got there first; return the winner."""
+    await session.execute(
+        _insert(session, VectorStore)
+        .values(scope_key=scope_key, team_id=team_id, channel_id=channel_id, openai_id=openai_id)
+        .on_conflict_do_nothing(index_elements=["scope_key"])
+    )
+    winner = await get_vector_store(session, scope_key=scope_key)
+    assert winner is not None
+    return winner.openai_id
+
+
+async def forget_documents(
+    session: AsyncSession, *, documents: Sequence[Document], keep_files: Collection[str] = ()
+) -> None:
+    """Delete the rows and queue their OpenAI objects for deletion: the vector store file, and the
+    Files API file unless it is in `keep_files` (deleted with the thread's files)."""
+    for doc in documents:
+        if doc.vector_store_id and doc.openai_file_id:
+            ref = f"{doc.vector_store_id}/{doc.openai_file_id}"
+            session.add(Cleanup(kind="vector_store_file", object_id=ref))
+        if doc.openai_file_id and doc.openai_file_id not in keep_files:
+            session.add(Cleanup(kind="file", object_id=doc.openai_file_id))
+        await session.delete(doc)
+
+
+async def forget_vector_store(session: AsyncSession, *, scope_key: str) -> None:
+    store = await get_vector_store(session, scope_key=scope_key)
+    if store is not None:
+        session.add(Cleanup(kind="vector_store", object_id=store.openai_id))
+        await session.delete(store)
+
+
+async def forget_thread_documents(
+    session: AsyncSession, *, thread: TutorThread, file_ids: Collection[str]
+) -> None:
+    """A reset thread's searched documents and vector store (the channel library stays)."""
+    scope_key = f"thread:{thread.id}"
+    await forget_documents(
+        session, documents=await documents_in_scope(session, scope_key=scope_key), keep_files=file_ids
+    )
+    await forget_vector_store(session, scope_key=scope_key)
+
+
+async def request_library_files(
+    session: AsyncSession, *, team_id: str, channel_id: str, user_id: str, until: datetime
+) -> None:
+    """`/tutor library add`: this person's next file share in the channel goes to its library."""
+    found = await session.scalar(
+        select(LibraryRequest).where(
+            LibraryRequest.team_id == team_id,
+            LibraryRequest.channel_id == channel_id,
+            LibraryRequest.user_id == user_id,
+        )
+    )
+    if found is None:
+        session.add(LibraryRequest(team_id=team_id, channel_id=channel_id, user_id=user_id, expires_at=until))
+    else:
+        found.expires_at = until
+
+
+async def take_library_request(
+    session: AsyncSession, *, team_id: str, channel_id: str, user_id: str, now: datetime
+) -> bool:
+    """Use up this person's pending `/tutor library add` here; False if there is none (or it expired)."""
+    result = await session.execute(
+        delete(LibraryRequest)
+        .where(
+            LibraryRequest.team_id == team_id,
+            LibraryRequest.channel_id == channel_id,
+            LibraryRequest.user_id == user_id,
+        )
+        .returning(LibraryRequest.expires_at)
+    )
+    return any(expires_at > now for (expires_at,) in result)
+
+
+async def queue_cleanup(session: AsyncSession, *, kind: str, object_id: str) -> None:
+    """An OpenAI object to delete in the clean-up loop (retried until OpenAI says it is gone)."""
+    session.add(Cleanup(kind=kind, object_id=object_id))

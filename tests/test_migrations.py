@@ -23,6 +23,9 @@ TABLES = {
     "thread_files",
     "channel_settings",
     "cleanups",
+    "documents",
+    "vector_stores",
+    "library_requests",
     "alembic_version",
 }
 

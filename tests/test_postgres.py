@@ -43,3 +43,27 @@ async def test_csv_analysis_and_reset(pg_bot: Bot) -> None:
     assert [u.filename for u in bot.slack.uploads] == ["a.png", "b.png", "c.png"]
     status, body = await bot.send_form(slash_command("reset", response_url=bot.slack.response_url()))
     assert status == 200 and "Reset 1 tutor thread" in body
+
+
+async def test_library_and_documents(pg_bot: Bot) -> None:
+    from tests.test_documents import QUESTION, WORKSHEET
+    from tests.test_library import _command, _host
+
+    bot = pg_bot
+    bot.openai.answer_from_documents()
+    notes, glossary = _host(bot)
+    added = new_ts()
+    await bot.send(file_share("<@U0TUTORBOT> add these to the library", [notes, glossary], ts=added))
+    await bot.wait_runs_finished(1)
+    assert bot.slack.messages(CHANNEL, added)[0]["text"].startswith(
+        "Added to this channel's library: indexed 2"
+    )
+    await bot.send_form(slash_command("library add", response_url=bot.slack.response_url()))  # a mention wins
+    shared = bot.slack.host_file("worksheet.pdf", WORKSHEET, "application/pdf")
+    ts = new_ts()
+    await bot.send(file_share(QUESTION, [shared], ts=ts))
+    await bot.wait_runs_finished(2)
+    create = bot.openai.calls("POST /v1/responses$")[-1].json
+    assert any(t["type"] == "file_search" for t in create["tools"])
+    assert "ZEBRA-42" in bot.slack.messages(CHANNEL, ts)[0]["text"]
+    assert "indexed 2 of 2" in (await _command(bot, "library"))["text"]

@@ -16,6 +16,8 @@ from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_bolt.context.respond.async_respond import AsyncRespond
 
 from bot.handlers.events import CHANNEL_ID, TEAM_ID, TS, USER_ID
+from bot.library import CLEAR_ACTION as LIBRARY_CLEAR
+from bot.library import KEEP_ACTION as LIBRARY_KEEP
 from bot.reply import ANALYSE_ACTION, START_OVER_ACTION
 from bot.tutor import Tutor
 
@@ -147,6 +149,28 @@ def register(app: AsyncApp, tutor: Tutor) -> None:
         if not started:
             await respond(response_type="ephemeral", text="That message isn't in a tutor thread.")
 
+    async def library_clear(
+        ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], respond: AsyncRespond
+    ) -> None:
+        """The confirmation under `/tutor library clear`, for the channel it was asked in."""
+        channel_id = _str(body, "channel", "id") or _str(body, "container", "channel_id")
+        team_id = _team(body)
+        if not (CHANNEL_ID.fullmatch(channel_id) and team_id and _str(action, "value") == channel_id):
+            log.warning("ignored a %s press without its channel", LIBRARY_CLEAR)
+            await ack()
+            return
+        count = await tutor.library.clear(team_id=team_id, channel_id=channel_id)
+        tutor.wake()  # the worker deletes the files at OpenAI
+        await ack()
+        files = f"{count} file{'' if count == 1 else 's'}"
+        await respond(replace_original=True, text=f"Emptied this channel's library: {files} removed.")
+
+    async def library_keep(ack: AsyncAck, respond: AsyncRespond) -> None:
+        await ack()
+        await respond(replace_original=True, text="The library stays as it is.")
+
+    app.action(LIBRARY_CLEAR)(library_clear)
+    app.action(LIBRARY_KEEP)(library_keep)
     app.action(ANALYSE_ACTION)(analyse)
     app.action(START_OVER_ACTION)(start_over)
     app.shortcut(RESET_SHORTCUT)(reset_here)

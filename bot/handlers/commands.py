@@ -12,7 +12,9 @@ from typing import Any
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.context.ack.async_ack import AsyncAck
 
+from bot.formatting import escape_mrkdwn
 from bot.handlers.events import CHANNEL_ID, TEAM_ID, database_down
+from bot.library import STATUS_WORDS, LibraryListing, clear_confirmation
 from bot.tutor import Tutor
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,8 @@ HELP = """\
 remembers it; later messages in that thread need no mention.
 • *Explain:* `@tutor Explain derivatives with a plot` — charts it draws are posted in the thread.
 • *Data:* share a CSV or XLSX with a mention (or press *Analyse it* on my offer) to get charts back.
+• *Documents:* share a PDF, DOCX, PPTX, TXT or Markdown file with your question — I read it, \
+and name my sources.
 • *Start over in a thread:* `@tutor reset`, or the *Start over* button on any of my answers.
 Commands (they act on this channel or DM; Slack doesn't allow them in threads):
 • `/tutor reset` — every tutor thread here starts fresh; their files are deleted from OpenAI.
@@ -35,6 +39,9 @@ Commands (they act on this channel or DM; Slack doesn't allow them in threads):
 • `/tutor profile [math|data|<name>]` — list the profiles or pick one for this channel.
 • `/tutor instructions <text>` — extra instructions for every answer here (`clear` removes them).
 • `/tutor auto on|off` — analyse spreadsheets shared here without asking first.
+• `/tutor library` — the course material every thread here searches (name, size, who added it, \
+indexing). `/tutor library add`, then share files (or `@tutor add this to the library` on them); \
+`/tutor library remove <name>`; `/tutor library clear`.
 • `/tutor help` — this message."""
 
 
@@ -56,14 +63,15 @@ def register(app: AsyncApp, tutor: Tutor) -> None:
             log.warning("ignored /tutor %s without a team and channel", sub.lower())
             await ack(text="I couldn't tell which channel this is for, so nothing changed.")
             return
+        args = {**where, "user_id": str(command.get("user_id") or "")} if handler is _library else where
         try:
-            answer = await handler(tutor, where, rest.strip())
+            answer = await handler(tutor, args, rest.strip())
         except Exception as exc:
             if not database_down(exc):
                 raise
             log.error("/tutor %s: database unavailable (%s)", sub.lower(), type(exc).__name__)
             answer = DATABASE_DOWN
-        await ack(text=answer)
+        await ack(**answer) if isinstance(answer, dict) else await ack(text=answer)
 
     app.command("/tutor")(tutor_command)
 
@@ -93,6 +101,9 @@ async def _status(tutor: Tutor, where: dict[str, str], _rest: str) -> str:
         f"*Active tutor threads:* {status.active_threads}  •  *Files held:* {status.files}",
         f"*Auto analysis of shared spreadsheets:* {'on' if status.auto_analysis else 'off'}",
     ]
+    library = await tutor.library.listing(**where)
+    if library.entries:
+        lines.append(f"*Channel library:* {library.progress} (`/tutor library` lists them)")
     if status.custom_instructions:
         lines.append(f"*Custom instructions:* {status.custom_instructions}")
     return "\n".join(lines)
@@ -135,6 +146,61 @@ async def _auto(tutor: Tutor, where: dict[str, str], rest: str) -> str:
     return "I'll ask before analysing spreadsheets shared here."
 
 
+async def _library(tutor: Tutor, where: dict[str, str], rest: str) -> str | dict[str, Any]:
+    sub, _, name = rest.partition(" ")
+    channel = {"team_id": where["team_id"], "channel_id": where["channel_id"]}
+    sub = sub.lower()
+    if sub == "add":
+        await tutor.library.request_files(**channel, user_id=where["user_id"])
+        return (
+            "Share the files for this channel's library now (in the next 10 minutes), here in the channel; "
+            "I'll index them and say when every tutor thread here can search them."
+        )
+    if sub == "remove":
+        if not name.strip():
+            return "Name the file to remove, e.g. `/tutor library remove algebra-notes.pdf`."
+        removed = await tutor.library.remove(**channel, name=name)
+        if not removed:
+            return (
+                f"There is no `{quote(name.strip())}` in this channel's library. `/tutor library` lists it."
+            )
+        return f"Removed `{removed[0]}` from this channel's library; it is deleted from OpenAI too."
+    if sub == "clear":
+        count = len((await tutor.library.listing(**channel)).entries)
+        if not count:
+            return "This channel's library is already empty."
+        return clear_confirmation(where["channel_id"], count)
+    if sub:
+        return LIBRARY_USAGE
+    return library_text(await tutor.library.listing(**channel))
+
+
+LIBRARY_USAGE = (
+    "Use `/tutor library`, `/tutor library add`, `/tutor library remove <name>` or `/tutor library clear`."
+)
+
+
+def library_text(listing: LibraryListing) -> str:
+    if not listing.entries:
+        return (
+            "This channel's library is empty. Add course material with `/tutor library add` (then share "
+            "the files), or `@tutor add this to the library` on a shared file."
+        )
+    lines = [f"*This channel's library* ({listing.progress}); every tutor thread here searches it:"]
+    for entry in listing.entries:
+        when = f"<!date^{int(entry.added_at.timestamp())}^{{date_short_pretty}}|{entry.added_at:%Y-%m-%d}>"
+        status = STATUS_WORDS.get(entry.status, entry.status)
+        name = escape_mrkdwn(entry.name)
+        lines.append(f"• *{name}* — {_size(entry.size)}, added by <@{entry.added_by}> {when}, {status}")
+    return "\n".join(lines)
+
+
+def _size(size: int) -> str:
+    if size >= 1 << 20:
+        return f"{size / (1 << 20):.1f} MB"
+    return f"{max(1, round(size / 1024))} KB"
+
+
 SUBCOMMANDS = {
     "help": _help,
     "reset": _reset,
@@ -142,4 +208,5 @@ SUBCOMMANDS = {
     "profile": _profile,
     "instructions": _instructions,
     "auto": _auto,
+    "library": _library,
 }

@@ -71,9 +71,11 @@ def upgrade() -> None:
     with op.batch_alter_table("deliveries", schema=None) as batch_op:
         batch_op.create_index("ix_deliveries_created_at", ["created_at"])
         batch_op.add_column(sa.Column("attempted_at", sa.DateTime(timezone=True), nullable=True))
-    # Deleting a run unlinks its files (ON DELETE SET NULL): without this, a scan of thread_files each.
+    # Deleting a run unlinks its files and documents (ON DELETE SET NULL): without these, a scan each.
     with op.batch_alter_table("thread_files", schema=None) as batch_op:
         batch_op.create_index("ix_thread_files_run_id", ["run_id"])
+    with op.batch_alter_table("documents", schema=None) as batch_op:
+        batch_op.create_index("ix_documents_run_id", ["run_id"])
     if op.get_bind().dialect.name == "postgresql":
         op.execute(NOTIFY_FUNCTION)
         for name, when in TRIGGERS.items():
@@ -86,6 +88,8 @@ def downgrade() -> None:
             table = when.split(" ON ")[1].split()[0]
             op.execute(f"DROP TRIGGER IF EXISTS {name} ON {table}")
         op.execute("DROP FUNCTION IF EXISTS slack_tutor_notify_work()")
+    with op.batch_alter_table("documents", schema=None) as batch_op:
+        batch_op.drop_index("ix_documents_run_id")
     with op.batch_alter_table("thread_files", schema=None) as batch_op:
         batch_op.drop_index("ix_thread_files_run_id")
     with op.batch_alter_table("deliveries", schema=None) as batch_op:

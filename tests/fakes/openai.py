@@ -1,4 +1,4 @@
-"""A fake OpenAI API (Responses in background mode, Conversations, Containers, Files).
+"""A fake OpenAI API (Responses in background mode, Conversations, Containers, Files, Vector stores).
 
 Point the real SDK at it: ``AsyncOpenAI(api_key=fake.api_key, base_url=fake.base_url)``.
 
@@ -16,6 +16,13 @@ Response lifecycle: ``POST /v1/responses`` answers ``queued``; the first retriev
 it at once without a retrieve. With a ``latency`` set, a response also finishes by itself once
 that time has passed, polled or not, as a real background response does (a client that lost
 the create's answer can then find it in the conversation).
+
+Vector stores: a file added (``/files`` or ``/file_batches``) is ``in_progress`` until it has been
+looked at (retrieved or listed) ``fake.index_polls`` times, then ``completed``, or ``failed`` with
+``unsupported_file`` when its name is in ``fake.unindexable``. ``fake.answer_from_documents()``
+scripts a model that answers from the text of the ``input_file`` documents it is shown and the
+indexed files of its ``file_search`` stores (a PDF's text is read from its content streams), and
+cites a searched file with a ``file_citation`` annotation.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json as jsonlib
+import re
 import struct
 import time
 import uuid
@@ -34,6 +42,7 @@ from typing import Any
 from aiohttp import web
 
 from ._recording import FakeServer, RecordedRequest, recorded
+from .documents import document_text
 
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled", "incomplete"})
 INCLUDE_CI_OUTPUTS = "code_interpreter_call.outputs"
@@ -99,6 +108,10 @@ class Turn:
     incomplete_reason: str | None = None
     #: Files the code writes but the text does not cite (source "assistant").
     extra_files: list[tuple[str, bytes]] = field(default_factory=list)
+    #: Documents the answer cites: ``(file_id, filename)`` → ``file_citation`` annotations.
+    citations: list[tuple[str, str]] = field(default_factory=list)
+    #: Also leave an Assistants-era marker (``【4:0†name】``) in the text for each citation.
+    legacy_markers: bool = False
 
 
 @dataclass
@@ -179,6 +192,65 @@ class ContainerState:
 
     def files_by_source(self, source: str) -> list[ContainerFile]:
         return [f for f in self.files.values() if f.source == source]
+
+
+@dataclass
+class VectorStoreFileState:
+    """A file in a vector store: ``in_progress`` until retrieved ``index_polls`` times."""
+
+    file_id: str
+    vector_store_id: str
+    created_at: int
+    status: str = "in_progress"
+    last_error: dict[str, Any] | None = None
+    polls: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.file_id,
+            "object": "vector_store.file",
+            "created_at": self.created_at,
+            "vector_store_id": self.vector_store_id,
+            "status": self.status,
+            "usage_bytes": 0,
+            "last_error": copy.deepcopy(self.last_error),
+            "attributes": {},
+            "chunking_strategy": {
+                "type": "static",
+                "static": {"max_chunk_size_tokens": 800, "chunk_overlap_tokens": 400},
+            },
+        }
+
+
+@dataclass
+class VectorStoreState:
+    id: str
+    name: str
+    created_at: int
+    metadata: dict[str, Any]
+    files: dict[str, VectorStoreFileState] = field(default_factory=dict)
+
+    def counts(self, file_ids: list[str] | None = None) -> dict[str, int]:
+        files = [f for f in self.files.values() if file_ids is None or f.file_id in file_ids]
+        counts = {
+            s: sum(f.status == s for f in files) for s in ("in_progress", "completed", "failed", "cancelled")
+        }
+        return {**counts, "total": len(files)}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "vector_store",
+            "name": self.name,
+            "created_at": self.created_at,
+            "last_active_at": self.created_at,
+            "metadata": copy.deepcopy(self.metadata),
+            "status": "completed",
+            "usage_bytes": 0,
+            "file_counts": self.counts(),
+            "expires_after": None,
+            "expires_at": None,
+        }
 
 
 @dataclass
@@ -350,6 +422,12 @@ class FakeOpenAI(FakeServer):
         self.conversations: dict[str, ConversationState] = {}
         self.containers: dict[str, ContainerState] = {}
         self.files: dict[str, StoredFile] = {}
+        self.vector_stores: dict[str, VectorStoreState] = {}
+        #: Retrieves of a vector store file (or its batch) before its indexing ends.
+        self.index_polls = 1
+        #: Filenames whose indexing fails (``unsupported_file``).
+        self.unindexable: set[str] = set()
+        self._batches: dict[str, tuple[str, list[str]]] = {}
         self._queue: list[Turn] = []
 
     @property
@@ -450,6 +528,15 @@ class FakeOpenAI(FakeServer):
             ("GET", "/v1/containers/{cid}/files/{fid}", self._cfile_get),
             ("DELETE", "/v1/containers/{cid}/files/{fid}", self._cfile_delete),
             ("GET", "/v1/containers/{cid}/files/{fid}/content", self._cfile_content),
+            ("POST", "/v1/vector_stores", self._vs_create),
+            ("GET", "/v1/vector_stores/{vid}", self._vs_get),
+            ("DELETE", "/v1/vector_stores/{vid}", self._vs_delete),
+            ("POST", "/v1/vector_stores/{vid}/files", self._vsf_create),
+            ("GET", "/v1/vector_stores/{vid}/files", self._vsf_list),
+            ("GET", "/v1/vector_stores/{vid}/files/{fid}", self._vsf_get),
+            ("DELETE", "/v1/vector_stores/{vid}/files/{fid}", self._vsf_delete),
+            ("POST", "/v1/vector_stores/{vid}/file_batches", self._batch_create),
+            ("GET", "/v1/vector_stores/{vid}/file_batches/{bid}", self._batch_get),
             ("POST", "/v1/responses", self._response_create),
             ("GET", "/v1/responses/{rid}", self._response_get),
             ("DELETE", "/v1/responses/{rid}", self._response_delete),
@@ -753,6 +840,190 @@ class FakeOpenAI(FakeServer):
             return cfile
         return web.Response(body=cfile.content, content_type="application/octet-stream")
 
+    # Vector stores (file_search)
+
+    def _vector_store(self, request: web.Request) -> VectorStoreState | web.Response:
+        vid = request.match_info["vid"]
+        store = self.vector_stores.get(vid)
+        return store if store is not None else _not_found("Vector store", vid)
+
+    async def _vs_create(self, request: web.Request) -> web.StreamResponse:
+        body = self._json_body(request)
+        store = VectorStoreState(
+            id=_hex("vs_"),
+            name=str(body.get("name") or ""),
+            created_at=_now(),
+            metadata=dict(body.get("metadata") or {}),
+        )
+        self.vector_stores[store.id] = store
+        for fid in body.get("file_ids") or []:
+            self._index(store, str(fid))
+        return web.json_response(store.to_json())
+
+    async def _vs_get(self, request: web.Request) -> web.StreamResponse:
+        store = self._vector_store(request)
+        return store if isinstance(store, web.Response) else web.json_response(store.to_json())
+
+    async def _vs_delete(self, request: web.Request) -> web.StreamResponse:
+        store = self._vector_store(request)
+        if isinstance(store, web.Response):
+            return store
+        del self.vector_stores[store.id]
+        return web.json_response({"id": store.id, "object": "vector_store.deleted", "deleted": True})
+
+    def _index(self, store: VectorStoreState, file_id: str) -> VectorStoreFileState | web.Response:
+        if file_id not in self.files:
+            return _error(404, f"No such File object: {file_id}", param="file_id")
+        return store.files.setdefault(file_id, VectorStoreFileState(file_id, store.id, _now()))
+
+    def _advance(self, state: VectorStoreFileState) -> None:
+        """One look at an indexing file; after ``index_polls`` looks it is done."""
+        if state.status != "in_progress":
+            return
+        state.polls += 1
+        if state.polls < self.index_polls:
+            return
+        stored = self.files.get(state.file_id)
+        if stored is None or stored.filename in self.unindexable:
+            state.status = "failed"
+            state.last_error = {"code": "unsupported_file", "message": "The file could not be parsed."}
+        else:
+            state.status = "completed"
+
+    async def _vsf_create(self, request: web.Request) -> web.StreamResponse:
+        store = self._vector_store(request)
+        if isinstance(store, web.Response):
+            return store
+        state = self._index(store, str(self._json_body(request).get("file_id") or ""))
+        return state if isinstance(state, web.Response) else web.json_response(state.to_json())
+
+    async def _vsf_list(self, request: web.Request) -> web.StreamResponse:
+        store = self._vector_store(request)
+        if isinstance(store, web.Response):
+            return store
+        for state in store.files.values():
+            self._advance(state)
+        items = [f.to_json() for f in store.files.values()]
+        return web.json_response(_paginate(items, recorded(request).query, default_order="desc"))
+
+    def _vs_file(self, request: web.Request) -> VectorStoreFileState | web.Response:
+        store = self._vector_store(request)
+        if isinstance(store, web.Response):
+            return store
+        fid = request.match_info["fid"]
+        state = store.files.get(fid)
+        return state if state is not None else _not_found("File", fid)
+
+    async def _vsf_get(self, request: web.Request) -> web.StreamResponse:
+        state = self._vs_file(request)
+        if isinstance(state, web.Response):
+            return state
+        self._advance(state)
+        return web.json_response(state.to_json())
+
+    async def _vsf_delete(self, request: web.Request) -> web.StreamResponse:
+        state = self._vs_file(request)
+        if isinstance(state, web.Response):
+            return state
+        del self.vector_stores[state.vector_store_id].files[state.file_id]
+        return web.json_response(
+            {"id": state.file_id, "object": "vector_store.file.deleted", "deleted": True}
+        )
+
+    def _batch_json(self, batch_id: str) -> dict[str, Any]:
+        vid, file_ids = self._batches[batch_id]
+        counts = self.vector_stores[vid].counts(file_ids)
+        return {
+            "id": batch_id,
+            "object": "vector_store.files_batch",
+            "created_at": _now(),
+            "vector_store_id": vid,
+            "status": "in_progress" if counts["in_progress"] else "completed",
+            "file_counts": counts,
+        }
+
+    async def _batch_create(self, request: web.Request) -> web.StreamResponse:
+        store = self._vector_store(request)
+        if isinstance(store, web.Response):
+            return store
+        file_ids = [str(fid) for fid in self._json_body(request).get("file_ids") or []]
+        if not file_ids:
+            return _error(400, "Missing required parameter: 'file_ids'.", param="file_ids")
+        for fid in file_ids:
+            found = self._index(store, fid)
+            if isinstance(found, web.Response):
+                return found
+        batch_id = _hex("vsfb_")
+        self._batches[batch_id] = (store.id, file_ids)
+        return web.json_response(self._batch_json(batch_id))
+
+    async def _batch_get(self, request: web.Request) -> web.StreamResponse:
+        store = self._vector_store(request)
+        if isinstance(store, web.Response):
+            return store
+        bid = request.match_info["bid"]
+        if bid not in self._batches:
+            return _not_found("Batch", bid)
+        for fid in self._batches[bid][1]:
+            if fid in store.files:
+                self._advance(store.files[fid])
+        return web.json_response(self._batch_json(bid))
+
+    def input_documents(self, body: dict[str, Any]) -> list[tuple[str, str, str]]:
+        """``(file_id, filename, text)`` of the request's ``input_file`` parts, as the model reads them."""
+        found = []
+        for item in body.get("input") or []:
+            for part in (item.get("content") if isinstance(item, dict) else None) or []:
+                if isinstance(part, dict) and part.get("type") == "input_file":
+                    stored = self.files.get(str(part.get("file_id")))
+                    if stored is not None:
+                        found.append(
+                            (stored.id, stored.filename, document_text(stored.filename, stored.content))
+                        )
+        return found
+
+    def searchable(self, body: dict[str, Any]) -> list[tuple[str, str, str]]:
+        """``(file_id, filename, text)`` of the indexed files in the request's ``file_search`` stores."""
+        found = []
+        for tool in body.get("tools") or []:
+            if not isinstance(tool, dict) or tool.get("type") != "file_search":
+                continue
+            for vid in tool.get("vector_store_ids") or []:
+                store = self.vector_stores.get(str(vid))
+                for state in store.files.values() if store else ():
+                    stored = self.files.get(state.file_id)
+                    if state.status == "completed" and stored is not None:
+                        found.append(
+                            (stored.id, stored.filename, document_text(stored.filename, stored.content))
+                        )
+        return found
+
+    def answer_from_documents(self) -> None:
+        """Script the model to answer from the documents it is shown or can search: the line that
+        shares the most words with the question, citing a searched file (``file_citation``)."""
+
+        def script(body: dict[str, Any]) -> Turn:
+            question = _question_words(body)
+            shown = [(doc, False) for doc in self.input_documents(body)]
+            searched = [(doc, True) for doc in self.searchable(body)]
+            best: tuple[int, str, tuple[str, str, str], bool] | None = None
+            for (fid, name, text), cited in shown + searched:
+                for line in text.splitlines():
+                    score = len(question & set(re.findall(r"[a-z0-9]+", line.lower())))
+                    if score and (best is None or score > best[0]):
+                        best = (score, line.strip(), (fid, name, text), cited)
+            if best is None:
+                return Turn(text="I couldn't find that in any document I can read.", code=None)
+            _, line, (fid, name, _text), cited = best
+            return Turn(
+                text=f"From {name}: {line}",
+                code=None,
+                citations=[(fid, name)] if cited else [],
+                legacy_markers=cited,
+            )
+
+        self.script = script
+
     def _check_create(self, body: dict[str, Any]) -> web.Response | None:
         for key in ("model", "input"):
             if body.get(key) in (None, "", []):
@@ -797,6 +1068,11 @@ class FakeOpenAI(FakeServer):
         tool = self._code_interpreter(body)
         if isinstance(tool, web.Response):
             return tool
+        for search in body.get("tools") or []:
+            if isinstance(search, dict) and search.get("type") == "file_search":
+                for vid in search.get("vector_store_ids") or []:
+                    if vid not in self.vector_stores:
+                        return _not_found("Vector store", str(vid))
         if self.active_response(cid) is not None:
             return _error(
                 400,
@@ -932,6 +1208,29 @@ class FakeOpenAI(FakeServer):
         output: list[dict[str, Any]] = [{"type": "reasoning", "id": _hex("rs_"), "summary": []}]
         if container is not None:
             part = self._write_files(container, turn)
+        for file_id, filename in turn.citations:
+            if turn.legacy_markers:
+                part["text"] += f" 【4:0†{filename}】"
+            part["annotations"].append(
+                {
+                    "type": "file_citation",
+                    "file_id": file_id,
+                    "filename": filename,
+                    "index": len(part["text"]),
+                }
+            )
+        if any(
+            isinstance(t, dict) and t.get("type") == "file_search" for t in state.request.get("tools") or []
+        ):
+            output.append(
+                {
+                    "type": "file_search_call",
+                    "id": _hex("fs_"),
+                    "status": "completed",
+                    "queries": [],
+                    "results": None,
+                }
+            )
         if container is not None and (turn.code is not None or turn.charts or turn.extra_files):
             output.append(
                 {
@@ -977,6 +1276,17 @@ class FakeOpenAI(FakeServer):
         conv.items.extend(copy.deepcopy(output))
 
 
+def _question_words(body: dict[str, Any]) -> set[str]:
+    """The words of the user's question (its ``input_text``, without the bot's message tag)."""
+    texts = []
+    for item in body.get("input") or []:
+        for part in (item.get("content") if isinstance(item, dict) else None) or []:
+            if isinstance(part, dict) and part.get("type") == "input_text":
+                texts.append(re.sub(r"\[slack message [^\]]*\]", "", str(part.get("text"))))
+    stop = {"the", "what", "is", "in", "this", "of", "a", "an", "and", "to", "my", "me", "for", "does", "do"}
+    return {w for w in re.findall(r"[a-z0-9]+", " ".join(texts).lower()) if w not in stop and len(w) > 1}
+
+
 def _usage(request_input: Any, text: str) -> dict[str, Any]:
     input_tokens = max(1, len(jsonlib.dumps(request_input)) // 4)
     output_tokens = max(1, len(text) // 4) + 8
@@ -998,5 +1308,7 @@ __all__ = [
     "ResponseState",
     "StoredFile",
     "Turn",
+    "VectorStoreFileState",
+    "VectorStoreState",
     "png_bytes",
 ]
