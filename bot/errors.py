@@ -107,6 +107,9 @@ class EmptyQuestion(TutorError):
 class SlackDeliveryFailed(TutorError):
     user_message = "I couldn't post my answer in this thread."
     retryable = True
+    #: True when no answer came back (a timeout, a dropped connection): the request may still be
+    #: landing at Slack. An error Slack answered with means it is done with the request.
+    outcome_unknown = False
 
 
 class FileError(TutorError):

@@ -361,7 +361,12 @@ class Replier:
                 await self._finish(delivery.id, slack_ts=found)
                 return
             await self._attempting(delivery.id)
-        ts = await self._slack.post(place, text, delivery_key=self._tag(run, key), blocks=blocks)
+        try:
+            ts = await self._slack.post(place, text, delivery_key=self._tag(run, key), blocks=blocks)
+        except errors.SlackDeliveryFailed as exc:
+            if not exc.outcome_unknown:  # Slack answered: nothing of this attempt is still landing
+                await self._attempting(delivery.id, done=True)
+            raise
         await self._finish(delivery.id, slack_ts=ts)
 
     async def _upload_once(self, run: Run, place: Place, chart: ChartUpload) -> None:
@@ -378,7 +383,12 @@ class Replier:
         await self._note_file(delivery.id, file_id)
         await self._slack.send_upload(upload_url, content)
         await self._attempting(delivery.id)
-        await self._slack.complete_upload(place, file_id=file_id, title=chart.title)
+        try:
+            await self._slack.complete_upload(place, file_id=file_id, title=chart.title)
+        except errors.SlackDeliveryFailed as exc:
+            if not exc.outcome_unknown:
+                await self._attempting(delivery.id, done=True)
+            raise
         await self._finish(delivery.id, slack_file_id=file_id)
         log.info("run %s: uploaded %s to %s", run.id, chart.filename, place.channel_id)
 
@@ -390,9 +400,10 @@ class Replier:
         async with self._sessions.begin() as session:
             return await repo.start_delivery(session, run_id=run.id, key=key)
 
-    async def _attempting(self, delivery_id: int) -> None:
+    async def _attempting(self, delivery_id: int, *, done: bool = False) -> None:
+        """Slack is being asked now (or, `done`, has answered this attempt)."""
         async with self._sessions.begin() as session:
-            await repo.mark_delivery_attempted(session, delivery_id=delivery_id)
+            await repo.mark_delivery_attempted(session, delivery_id=delivery_id, answered=done)
 
     async def _note_file(self, delivery_id: int, file_id: str) -> None:
         async with self._sessions.begin() as session:

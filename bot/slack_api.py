@@ -419,7 +419,9 @@ class SlackGateway:
             raise failure from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("%s failed: %s", method, type(exc).__name__)
-            raise errors.SlackDeliveryFailed(f"{method}: {type(exc).__name__}") from None
+            failure = errors.SlackDeliveryFailed(f"{method}: {type(exc).__name__}")
+            failure.outcome_unknown = True
+            raise failure from None
 
 
 def _pacer_of(client: AsyncWebClient) -> Pacer | None:

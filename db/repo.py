@@ -217,9 +217,11 @@ async def start_delivery(session: AsyncSession, *, run_id: int, key: str) -> tup
     return delivery, created
 
 
-async def mark_delivery_attempted(session: AsyncSession, *, delivery_id: int) -> None:
-    """Slack is about to be asked (again) to post or share it."""
-    await session.execute(update(Delivery).where(Delivery.id == delivery_id).values(attempted_at=utcnow()))
+async def mark_delivery_attempted(session: AsyncSession, *, delivery_id: int, answered: bool = False) -> None:
+    """Slack is about to be asked (again) to post or share it; `answered`: Slack answered that
+    attempt (with an error), so nothing of it can still land."""
+    value = None if answered else utcnow()
+    await session.execute(update(Delivery).where(Delivery.id == delivery_id).values(attempted_at=value))
 
 
 async def note_delivery_file(session: AsyncSession, *, delivery_id: int, file_id: str) -> None:
