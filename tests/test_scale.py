@@ -43,30 +43,38 @@ async def _holder(runs: RunsTable, ts: str, workers: list[BotProcess]) -> tuple[
     return holder, other
 
 
-async def test_200_questions_answered_once_each_in_order(
+async def test_200_questions_at_two_web_processes_answered_once_each_in_order(
     processes: Processes,  # noqa: F811
     postgres_url: str,
     fake_slack: FakeSlack,
     fake_openai: FakeOpenAI,
 ) -> None:
+    """Each question also reaches a second web process at the same moment, as Slack's retry."""
     web, _workers = await _production(processes, postgres_url)
+    other_web = await processes.start_web("web", postgres_url)
     fake_openai.script = _answer_naming_the_question
     fake_openai.latency = 0.05
     asked: dict[tuple[str, str], list[str]] = {}
 
+    async def both(body: str) -> None:
+        statuses = await asyncio.gather(
+            processes.send(web, body), processes.send(other_web, body, retry_num=1)
+        )
+        assert statuses == [200, 200]
+
     async def thread(i: int) -> None:
         channel, root = f"C{i:05d}", new_ts()
         asked[(channel, root)] = [root]
-        assert await processes.send(web, as_json(mention(f"Q1 of {i}", ts=root, channel=channel))) == 200
+        await both(as_json(mention(f"Q1 of {i}", ts=root, channel=channel)))
         for n in range(2, 6):
             ts = new_ts()
             asked[(channel, root)].append(ts)
-            body = as_json(message(f"Q{n} of {i}", ts=ts, thread_ts=root, channel=channel))
-            assert await processes.send(web, body) == 200
+            await both(as_json(message(f"Q{n} of {i}", ts=ts, thread_ts=root, channel=channel)))
 
     await asyncio.gather(*(thread(i) for i in range(40)))
     runs = RunsTable(postgres_url)
     try:
+        assert len(await runs.rows()) == 200  # one run per question, whichever process stored it
         await runs.wait_finished(200, within=90)
     finally:
         await runs.dispose()
@@ -77,26 +85,7 @@ async def test_200_questions_answered_once_each_in_order(
     assert len(fake_openai.calls("POST /v1/responses$")) == 200
 
 
-async def test_one_retry_at_two_web_processes_at_once_is_one_run(
-    processes: Processes,  # noqa: F811
-    postgres_url: str,
-) -> None:
-    await asyncio.to_thread(upgrade, postgres_url)
-    webs = await asyncio.gather(*(processes.start_web("web", postgres_url) for _ in range(2)))
-    for _ in range(5):
-        body = as_json(mention("What is 8 x 8?", ts=new_ts()))
-        statuses = await asyncio.gather(
-            processes.send(webs[0], body), processes.send(webs[1], body, retry_num=1)
-        )
-        assert statuses == [200, 200]
-    runs = RunsTable(postgres_url)
-    try:
-        assert len(await runs.rows()) == 5
-    finally:
-        await runs.dispose()
-
-
-async def test_worker_killed_after_its_post_reached_slack_answers_once(
+async def test_workers_killed_after_a_post_and_mid_upload_deliver_each_once(
     processes: Processes,  # noqa: F811
     postgres_url: str,
     fake_slack: FakeSlack,
@@ -104,48 +93,36 @@ async def test_worker_killed_after_its_post_reached_slack_answers_once(
 ) -> None:
     web, workers = await _production(processes, postgres_url)
     fake_openai.latency = 0.1
-    # Slack takes the post but answers late: the worker dies before it can record it.
-    fake_slack.delay_next("chat.postMessage", 2.0)
-    ts = new_ts()
-    assert await processes.send(web, as_json(mention("What is 7 + 8?", ts=ts))) == 200
-    await wait_for(lambda: fake_slack.calls("chat.postMessage"), timeout=20, message="the post")
     runs = RunsTable(postgres_url)
     try:
-        holder, survivor = await _holder(runs, ts, workers)
-        await holder.kill()
-        await runs.wait_finished(1, within=20)
-        assert survivor.alive
-    finally:
-        await runs.dispose()
-    assert len(fake_slack.messages(CHANNEL, ts)) == 1
-    assert len(fake_slack.calls("chat.postMessage")) == 1, "the survivor found the post and did not repeat it"
-    assert len(fake_openai.calls("POST /v1/responses$")) == 1
-
-
-async def test_worker_killed_while_uploading_a_chart_uploads_each_once(
-    processes: Processes,  # noqa: F811
-    postgres_url: str,
-    fake_slack: FakeSlack,
-    fake_openai: FakeOpenAI,
-) -> None:
-    web, workers = await _production(processes, postgres_url)
-    fake_openai.latency = 0.1
-    fake_openai.queue(Turn(text="Two charts.", charts=[Chart("first.png"), Chart("second.png")]))
-    # The second chart's bytes are on their way when the worker dies.
-    fake_slack.delay_next("/upload/v1/", 0.0)
-    fake_slack.delay_next("/upload/v1/", 3.0)
-    ts = new_ts()
-    assert await processes.send(web, as_json(mention("Plot it twice", ts=ts))) == 200
-    await wait_for(lambda: len(fake_slack.calls("/upload/v1/")) >= 2, timeout=20, message="two uploads")
-    runs = RunsTable(postgres_url)
-    try:
-        holder, survivor = await _holder(runs, ts, workers)
+        # 1. Slack takes the post but answers late: the worker dies before it can record it.
+        fake_slack.delay_next("chat.postMessage", 2.0)
+        posted = new_ts()
+        assert await processes.send(web, as_json(mention("What is 7 + 8?", ts=posted))) == 200
+        await wait_for(lambda: fake_slack.calls("chat.postMessage"), timeout=20, message="the post")
+        holder, survivor = await _holder(runs, posted, workers)
         await holder.kill()
         await runs.wait_finished(1, within=30)
+        assert len(fake_slack.messages(CHANNEL, posted)) == 1
+        assert len(fake_slack.calls("chat.postMessage")) == 1, (
+            "the survivor found the post, did not repeat it"
+        )
+
+        # 2. The second chart's bytes are on their way when the worker holding the run dies.
+        workers = [survivor, await start_worker(processes, postgres_url, **FAST)]
+        fake_openai.queue(Turn(text="Two charts.", charts=[Chart("first.png"), Chart("second.png")]))
+        fake_slack.delay_next("/upload/v1/", 0.0)
+        fake_slack.delay_next("/upload/v1/", 3.0)
+        plotted = new_ts()
+        assert await processes.send(web, as_json(mention("Plot it twice", ts=plotted))) == 200
+        await wait_for(lambda: len(fake_slack.calls("/upload/v1/")) >= 2, timeout=20, message="two uploads")
+        holder, survivor = await _holder(runs, plotted, workers)
+        await holder.kill()
+        await runs.wait_finished(2, within=30)
         assert survivor.alive
     finally:
         await runs.dispose()
     shared = sorted(u.filename for u in fake_slack.uploads)
     assert shared == ["first.png", "second.png"], shared
-    assert len(fake_slack.messages(CHANNEL, ts)) == 1
-    assert len(fake_openai.calls("POST /v1/responses$")) == 1
+    assert len(fake_slack.messages(CHANNEL, plotted)) == 1
+    assert len(fake_openai.calls("POST /v1/responses$")) == 2
