@@ -149,7 +149,9 @@ class Poller:
                     claimed = await self._claim(free)
                 except (SQLAlchemyError, OSError) as exc:
                     log.warning("run-poller: database unavailable (%s); retrying", _describe(exc))
-            if claimed < free or free <= 0:
+            # A full batch means more may be due: claim again at once; idle only once the queue
+            # (or our free slots) ran out.
+            if free <= 0 or claimed < min(free, CLAIM_BATCH):
                 await self._idle()
 
     async def _idle(self) -> None:
