@@ -26,7 +26,9 @@ from bot.errors import ConfigError
 from bot.handlers.http import MalformedRequest, RawBodyVerifier, bolt_request, is_ssl_check, signature_problem
 from bot.identity import BotIdentity
 from bot.metrics import CONTENT_TYPE, Metrics
+from bot.notifier import WakeUp
 from bot.poller import Poller
+from bot.prepare import RunPreparer
 from bot.reply import Replier
 from bot.slack_api import SlackGateway, make_web_client
 from bot.socket_mode import SocketModeLink, log_fatal
@@ -85,7 +87,9 @@ def build(settings: Settings) -> Components:
         timeout=settings.tutor_openai_timeout,
         metrics=metrics.openai,
     )
-    tutor = Tutor(sessions=sessions, ai=ai, slack=slack, settings=settings)
+    wake = WakeUp()
+    tutor = Tutor(sessions=sessions, slack=slack, settings=settings, wake=wake)
+    preparer = RunPreparer(sessions=sessions, ai=ai, slack=slack, settings=settings)
     replier = Replier(
         sessions=sessions,
         ai=ai,
@@ -96,10 +100,12 @@ def build(settings: Settings) -> Components:
     poller = Poller(
         engine=engine,
         sessions=sessions,
-        tutor=tutor,
+        preparer=preparer,
         replier=replier,
         ai=ai,
+        slack=slack,
         settings=settings,
+        wake=wake,
         metrics=metrics,
     )
     metrics.track_worker(poller)
@@ -261,7 +267,6 @@ def _lifecycle(
         if with_slack:
             tasks.append(asyncio.create_task(components.identity.keep_fresh(), name="slack-identity"))
         if with_worker:
-            components.tutor.wake = components.poller.wake
             tasks.append(asyncio.create_task(components.poller.run_forever(), name="run-poller"))
         if with_slack and components.socket is not None:
             tasks.append(asyncio.create_task(components.socket.run(), name="socket-mode"))

@@ -61,6 +61,10 @@ class AmbiguousCreate(TutorError):
     retryable = True
 
 
+class StreamDropped(OpenAIUnavailable):
+    """The answer's event stream ended early; it is picked up again where it stopped."""
+
+
 class ModelFailed(TutorError):
     user_message = "The model failed while answering. Please try again in a minute."
 
@@ -107,6 +111,22 @@ class EmptyQuestion(TutorError):
 class SlackDeliveryFailed(TutorError):
     user_message = "I couldn't post my answer in this thread."
     retryable = True
+
+
+class SlackRateLimited(SlackDeliveryFailed):
+    """Slack answered 429: nothing happened; try again after `retry_after`."""
+
+
+class StreamRefused(SlackDeliveryFailed):
+    """Slack won't stream here (surface, token type, arguments): post and edit instead."""
+
+    retryable = False
+
+
+class StreamClosed(SlackDeliveryFailed):
+    """The stream is over (stopped, or closed by Slack after ~5 minutes): edit the message instead."""
+
+    retryable = False
 
 
 class FileError(TutorError):
