@@ -5,6 +5,7 @@ Everything leaving this module is one of our dataclasses or a `bot.errors.TutorE
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping
@@ -228,25 +229,38 @@ class OpenAIGateway:
     async def stream_run(self, request: RunRequest) -> AsyncGenerator[AnswerEvent, None]:
         """Create a background response and follow its events. Until the first event names the
         response, a dropped connection is an AmbiguousCreate; after it, a StreamDropped."""
-        with self._calling("responses.create", creating=True):
-            stream = await self._create_client.responses.create(
-                **_create_arguments(request), stream=True, timeout=self._stream_timeout
-            )
+        try:
+            # The create's own deadline holds until the stream's headers arrive; then the stream's.
+            async with asyncio.timeout(2 * self._timeout):
+                with self._calling("responses.create", creating=True):
+                    stream = await self._create_client.responses.create(
+                        **_create_arguments(request), stream=True, timeout=self._stream_timeout
+                    )
+        except TimeoutError:
+            log.warning("responses.create: no answer within %.1fs", 2 * self._timeout)
+            raise errors.AmbiguousCreate("responses.create: timed out") from None
         async for event in self._events(stream, "responses.create", known=False):
             yield event
 
     async def resume_run(self, response_id: str, *, after: int | None) -> AsyncGenerator[AnswerEvent, None]:
         """The events of a streamed response after sequence number `after` (all if None)."""
+        try:
+            async with asyncio.timeout(2 * self._timeout):
+                stream = await self._open_resume(response_id, after)
+        except TimeoutError:
+            raise errors.StreamDropped("responses.retrieve: no stream within the deadline") from None
+        async for event in self._events(stream, "responses.retrieve", known=True):
+            yield event
+
+    async def _open_resume(self, response_id: str, after: int | None) -> Any:
         with self._calling("responses.retrieve"):
-            stream = await self._client.responses.retrieve(
+            return await self._client.responses.retrieve(
                 response_id,
                 stream=True,
                 include=INCLUDE,
                 starting_after=after if after is not None else openai.omit,
                 timeout=self._stream_timeout,
             )
-        async for event in self._events(stream, "responses.retrieve", known=True):
-            yield event
 
     async def _events(self, stream: Any, what: str, *, known: bool) -> AsyncGenerator[AnswerEvent, None]:
         try:

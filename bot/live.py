@@ -106,10 +106,19 @@ class LiveAnswer:
         self._text_shown = resumed and bool(state.messages)
         self._rate_limited = False
         self._no_stream = False
+        self._ran_code = False
         #: Set when saving progress failed (the lease is lost, the database is down): the caller
         #: re-raises it.
         self.failure: BaseException | None = None
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def text_shown(self) -> bool:
+        return self._text_shown
+
+    @property
+    def ran_code(self) -> bool:
+        return self._ran_code
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._relay_forever(), name="live-answer")
@@ -125,6 +134,7 @@ class LiveAnswer:
             if not self._text_shown:
                 self._wake.set()  # the first words go at once
         elif event.step is not None:
+            self._ran_code = True
             self._tasks.append((event.sequence, _task_chunk(event.step)))
             self._wake.set()
         elif self._raw[self._sent :].strip():

@@ -410,6 +410,7 @@ class Poller:
             await self._preparer.show_working(run)
             await self._change(run, lambda s: repo.note_status_shown(s, run, owner=self.owner, at=utcnow()))
         request = await self._preparer.prepare(run)
+        await self._replier.tell_rejected_files(run)  # said before the answer starts to stream
         if request is None:  # nothing to ask the model: only files it can't use
             await self._change(run, lambda s: repo.mark_replying(s, run, owner=self.owner))
             await self._reply(run, None)
@@ -449,6 +450,7 @@ class Poller:
         """Relay a response's events into Slack until it is over; return its final state."""
         live = self._live_answer(run, resumed=resumed)
         live.start()
+        status = asyncio.create_task(self._keep_status_while_silent(run, live), name=f"status-{run.id}")
         reply: ModelReply | None = None
         try:
             async with contextlib.aclosing(events) as stream:
@@ -462,6 +464,7 @@ class Poller:
                         reply = event.reply
                         break
         finally:
+            status.cancel()
             await live.close()
         if live.failure is not None:
             raise live.failure
@@ -475,6 +478,16 @@ class Poller:
                 raise errors.StreamDropped("the stream ended early", retry_after=0.2)
         await self._change(run, lambda s: repo.mark_replying(s, run, owner=self.owner))
         return reply
+
+    async def _keep_status_while_silent(self, run: Run, live: LiveAnswer) -> None:
+        """Slack clears a thread status after two minutes: re-send it until the first words show."""
+        if not run.reply_thread_ts:
+            return
+        while True:
+            await asyncio.sleep(STATUS_REFRESH.total_seconds())
+            if live.text_shown:
+                return
+            await self._preparer.show_working(run, "is running code…" if live.ran_code else "is thinking…")
 
     async def _started(self, run: Run, response_id: str) -> None:
         await self._change(

@@ -285,6 +285,10 @@ class Replier:
                 )
                 return
 
+    async def tell_rejected_files(self, run: Run) -> None:
+        """Before the answer starts: the files of the question the tutor couldn't use."""
+        await self._tell_rejected_files(run, place_of(run))
+
     async def _tell_rejected_files(self, run: Run, place: Place) -> None:
         for file in await self._files_of(run):
             if file.status == "rejected":

@@ -944,19 +944,22 @@ class FakeOpenAI(FakeServer):
         sent, index = 0, after + 1
         while True:
             changed = state.changed
-            while index < len(state.events):
-                if cut is not None and sent >= cut:
-                    assert request.transport is not None
-                    request.transport.close()  # the connection drops mid-answer
-                    return response
+            # What is there goes out in one write: a model that answers at once sends one burst.
+            burst = []
+            while index < len(state.events) and (cut is None or sent < cut):
                 event = state.events[index]
-                data = jsonlib.dumps(event)
-                try:
-                    await response.write(f"event: {event['type']}\ndata: {data}\n\n".encode())
-                except ConnectionResetError:
-                    return response  # the client went away
+                burst.append(f"event: {event['type']}\ndata: {jsonlib.dumps(event)}\n\n")
                 index += 1
                 sent += 1
+            try:
+                if burst:
+                    await response.write("".join(burst).encode())
+            except ConnectionResetError:
+                return response  # the client went away
+            if cut is not None and sent >= cut:
+                assert request.transport is not None
+                request.transport.close()  # the connection drops mid-answer
+                return response
             if state.ended or state.deleted:
                 break
             await changed.wait()
@@ -971,6 +974,8 @@ class FakeOpenAI(FakeServer):
 
     async def _until(self, state: ResponseState, at: float) -> None:
         """Wait until monotonic time ``at``, or less if complete() hurries the response on."""
+        if at <= time.monotonic() or state.hurry.is_set():
+            return
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(max(0.0, at - time.monotonic())):
                 await state.hurry.wait()
