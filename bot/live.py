@@ -131,8 +131,7 @@ class LiveAnswer:
             self._item = event.item_id
             self._raw += event.text
             self._marks.append((len(self._raw), event.sequence))
-            if not self._text_shown:
-                self._wake.set()  # the first words go at once
+            self._wake.set()  # the relay works out when it may call Slack
         elif event.step is not None:
             self._ran_code = True
             self._tasks.append((event.sequence, _task_chunk(event.step)))
