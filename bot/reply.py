@@ -382,6 +382,8 @@ class Replier:
 
     async def _clear_unused_live_messages(self, run: Run, place: Place) -> None:
         """A live answer that ran into more messages than its final form needs: the extra go."""
+        if not run.stream_messages:
+            return
         async with self._sessions() as session:
             used = {
                 delivery.slack_ts
