@@ -1,6 +1,7 @@
 """Live answers against the fakes: how soon the model's words show in Slack, and at what cost.
 
     uv run python -m benchmarks.live [--answers 20] [--concurrent 50] [--code /work/main]
+                                     [--postgres postgresql://postgres@127.0.0.1/test]
 
 `slack-tutor run` (web + run-poller, default settings, SQLite) runs as its own process; the fakes
 run in this one. The fake model answers 1.5 s after the create, its words spread over the last
@@ -78,6 +79,16 @@ async def serving(url: str, slack: FakeSlack, openai: FakeOpenAI, code: str | No
         await process.wait()
 
 
+async def migrate(url: str, code: str | None) -> None:
+    """The schema of the checkout that runs (its own migrations)."""
+    if code is None:
+        await asyncio.to_thread(upgrade, url)
+        return
+    env = {**os.environ, "DATABASE_URL": url, "PYTHONPATH": code}
+    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", "migrate", env=env, cwd=code)
+    assert await process.wait() == 0
+
+
 async def ask(http: aiohttp.ClientSession, endpoint: str, text: str) -> str:
     ts = new_ts()
     body = as_json(mention(text, ts=ts))
@@ -92,7 +103,7 @@ async def answered(slack: FakeSlack, ts: str, within: float = 60.0) -> None:
     while not any(m.get("blocks") for m in slack.messages(CHANNEL, ts)):
         if time.monotonic() > deadline:
             raise RuntimeError(f"no answer in {ts} within {within:.0f}s")
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # the figures come from the fakes' records, not from this loop
 
 
 def timing(slack: FakeSlack, openai: FakeOpenAI, ts: str) -> Timing:
@@ -135,10 +146,29 @@ def report(title: str, timings: list[Timing]) -> None:
         print(f"  {label:45s} p50 {percentile(values, 50):7.0f} ms   p99 {percentile(values, 99):7.0f} ms")
 
 
-async def run(answers: int, concurrent: int, code: str | None) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        url = f"sqlite+aiosqlite:///{Path(tmp) / 'live.db'}"
-        await asyncio.to_thread(upgrade, url)
+@contextlib.asynccontextmanager
+async def database(postgres: str | None) -> AsyncIterator[str]:
+    """A fresh SQLite file, or a fresh database on the PostgreSQL server `postgres`."""
+    if postgres is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            yield f"sqlite+aiosqlite:///{Path(tmp) / 'live.db'}"
+        return
+    import asyncpg
+
+    name = f"bench_live_{os.getpid()}"
+    admin = await asyncpg.connect(postgres)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield postgres.replace("postgresql://", "postgresql+asyncpg://").rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def run(answers: int, concurrent: int, code: str | None, postgres: str | None) -> None:
+    async with database(postgres) as url:
+        print(f"database: {url.split(':', 1)[0]}")
+        await migrate(url, code)
         async with FakeSlack() as slack, FakeOpenAI() as openai:
             openai.latency, openai.stream_span = MODEL_SECONDS, WRITING_SECONDS
             openai.script = lambda _body: Turn(text=ANSWER, code=None)
@@ -158,7 +188,8 @@ async def run(answers: int, concurrent: int, code: str | None) -> None:
                     [timing(slack, openai, ts) for ts in one_by_one],
                 )
                 print(
-                    f"  Slack calls per answer: {calls / answers:.1f}   OpenAI retrieves per run: {retrieves / answers:.1f}"
+                    f"  Slack calls per answer: {calls / answers:.1f}   "
+                    f"OpenAI retrieves per run: {retrieves / answers:.1f}"
                 )
                 kinds: dict[str, int] = {}
                 for r in slack.requests:
@@ -184,8 +215,11 @@ def main() -> None:
     parser.add_argument("--answers", type=int, default=20)
     parser.add_argument("--concurrent", type=int, default=50)
     parser.add_argument("--code", default=None, help="run the bot from this checkout (e.g. /work/main)")
+    parser.add_argument(
+        "--postgres", default=None, help="an admin URL: the figures on a fresh PostgreSQL database"
+    )
     args = parser.parse_args()
-    asyncio.run(run(args.answers, args.concurrent, args.code))
+    asyncio.run(run(args.answers, args.concurrent, args.code, args.postgres))
 
 
 if __name__ == "__main__":

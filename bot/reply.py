@@ -347,14 +347,12 @@ class Replier:
     async def _post_once(
         self, run: Run, place: Place, key: str, text: str, *, blocks: list[dict[str, Any]] | None = None
     ) -> None:
-        delivery, created = await self._start(run, key)
-        if delivery.state == "done":
-            return
         live = await self._live_message(run, place, key)
         if live is not None:
-            await self._slack.stop_stream(place, live)
-            await self._slack.update(place, live, text, delivery_key=self._tag(run, key), blocks=blocks)
-            await self._finish(delivery.id, slack_ts=live)
+            await self._rewrite_once(run, place, key, live, text, blocks=blocks)
+            return
+        delivery, created = await self._start(run, key)
+        if delivery.state == "done":
             return
         if not created:
             found = await self._slack.find_post(
@@ -365,6 +363,21 @@ class Replier:
                 return
         ts = await self._slack.post(place, text, delivery_key=self._tag(run, key), blocks=blocks)
         await self._finish(delivery.id, slack_ts=ts)
+
+    async def _rewrite_once(
+        self, run: Run, place: Place, key: str, ts: str, text: str, *, blocks: list[dict[str, Any]] | None
+    ) -> None:
+        """The live message becomes this part of the answer. Rewriting is repeatable, so the
+        delivery row is written once, after Slack answered (one commit, not two)."""
+        async with self._sessions() as session:
+            done = await repo.get_delivery(session, run_id=run.id, key=key)
+        if done is not None and done.state == "done":
+            return
+        await self._slack.stop_stream(place, ts)
+        await self._slack.update(place, ts, text, delivery_key=self._tag(run, key), blocks=blocks)
+        async with self._sessions.begin() as session:
+            delivery, _ = await repo.start_delivery(session, run_id=run.id, key=key)
+            await repo.finish_delivery(session, delivery_id=delivery.id, slack_ts=ts)
 
     async def _live_message(self, run: Run, place: Place, key: str) -> str | None:
         """The live answer's message this post goes into: text:N into the Nth, an error into the

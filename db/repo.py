@@ -220,10 +220,14 @@ async def note_delivery_file(session: AsyncSession, *, delivery_id: int, file_id
     await session.execute(update(Delivery).where(Delivery.id == delivery_id).values(slack_file_id=file_id))
 
 
-async def finish_delivery(session: AsyncSession, *, delivery_id: int, file_id: str | None = None) -> None:
+async def finish_delivery(
+    session: AsyncSession, *, delivery_id: int, file_id: str | None = None, slack_ts: str | None = None
+) -> None:
     values: dict[str, Any] = {"state": "done"}
     if file_id:
         values["slack_file_id"] = file_id
+    if slack_ts:
+        values["slack_ts"] = slack_ts
     await session.execute(update(Delivery).where(Delivery.id == delivery_id).values(**values))
 
 
