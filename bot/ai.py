@@ -5,12 +5,14 @@ Everything leaving this module is one of our dataclasses or a `bot.errors.TutorE
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+import httpx2
 import openai
 from openai import AsyncOpenAI
 
@@ -31,6 +33,9 @@ QUOTA_CODES = frozenset(
     }
 )
 CONTAINER_IDLE_MINUTES = 20
+#: A streamed answer may be silent this long (the model reasoning, code running) before the
+#: connection counts as dropped and is picked up again after its last event.
+STREAM_IDLE = 60.0
 
 
 @dataclass(frozen=True)
@@ -122,6 +127,31 @@ class ModelReply:
 
 
 @dataclass(frozen=True)
+class WorkStep:
+    """Code the model ran in its sandbox, and what it printed."""
+
+    id: str
+    code: str = ""
+    output: str = ""
+    done: bool = False
+
+
+@dataclass(frozen=True)
+class AnswerEvent:
+    """One event of a streamed response, as the relay needs it. At most one of `response_id`
+    (the response exists: the first event), `text` (a piece of the answer), `step` (work started
+    or finished) and `reply` (the response is over) is set."""
+
+    sequence: int
+    response_id: str | None = None
+    text: str = ""
+    #: The output item the text belongs to (a new item starts a new paragraph).
+    item_id: str = ""
+    step: WorkStep | None = None
+    reply: ModelReply | None = None
+
+
+@dataclass(frozen=True)
 class RunRequest:
     """One model run on a thread's conversation."""
 
@@ -164,6 +194,7 @@ class OpenAIGateway:
         # POST /responses carries no idempotency key: an SDK retry could start a second run.
         # A background create only enqueues the run.
         self._create_client = self._client.with_options(max_retries=0, timeout=2 * timeout)
+        self._stream_timeout = openai.Timeout(max(STREAM_IDLE, timeout), connect=min(5.0, timeout))
         self._metrics = metrics or Metrics().openai
 
     async def close(self) -> None:
@@ -219,35 +250,70 @@ class OpenAIGateway:
         return added.path
 
     async def start_run(self, request: RunRequest) -> ModelReply:
-        content: list[Any] = [{"type": "input_text", "text": request.input_text}]
-        for file_id in request.image_file_ids:
-            content.append({"type": "input_image", "file_id": file_id, "detail": "auto"})
-        for file_id in request.document_file_ids:
-            content.append({"type": "input_file", "file_id": file_id})
-        user_turn: list[Any] = [{"role": "user", "content": content}]
-        reasoning: Any = {"effort": request.reasoning_effort}
-        tools: list[Any] = []
-        if request.container_id:
-            tools.append({"type": "code_interpreter", "container": request.container_id})
-        if request.vector_store_ids:
-            tools.append({"type": "file_search", "vector_store_ids": list(request.vector_store_ids)})
+        """Create a background response that is polled (the fallback of `stream_run`)."""
         with self._calling("responses.create", creating=True):
-            response = await self._create_client.responses.create(
-                model=request.model,
-                conversation=request.conversation_id,
-                instructions=request.instructions,
-                input=user_turn,
-                tools=tools,
-                include=INCLUDE,
-                background=True,
-                store=True,
-                truncation="auto",
-                max_output_tokens=request.max_output_tokens,
-                reasoning=reasoning,
-                metadata=dict(request.metadata),
-            )
+            response = await self._create_client.responses.create(**_create_arguments(request))
         log.info("response %s created (request %s)", response.id, response._request_id)
         return _reply_from(response.id, response.status or "queued", response.output, response)
+
+    async def stream_run(self, request: RunRequest) -> AsyncGenerator[AnswerEvent, None]:
+        """Create a background response and follow its events. Until the first event names the
+        response, a dropped connection is an AmbiguousCreate; after it, a StreamDropped."""
+        try:
+            # The create's own deadline holds until the stream's headers arrive; then the stream's.
+            async with asyncio.timeout(2 * self._timeout):
+                with self._calling("responses.create", creating=True):
+                    stream = await self._create_client.responses.create(
+                        **_create_arguments(request), stream=True, timeout=self._stream_timeout
+                    )
+        except TimeoutError:
+            log.warning("responses.create: no answer within %.1fs", 2 * self._timeout)
+            raise errors.AmbiguousCreate("responses.create: timed out") from None
+        async for event in self._events(stream, "responses.create", known=False):
+            yield event
+
+    async def resume_run(self, response_id: str, *, after: int | None) -> AsyncGenerator[AnswerEvent, None]:
+        """The events of a streamed response after sequence number `after` (all if None)."""
+        try:
+            async with asyncio.timeout(2 * self._timeout):
+                stream = await self._open_resume(response_id, after)
+        except TimeoutError:
+            raise errors.StreamDropped("responses.retrieve: no stream within the deadline") from None
+        async for event in self._events(stream, "responses.retrieve", known=True):
+            yield event
+
+    async def _open_resume(self, response_id: str, after: int | None) -> Any:
+        with self._calling("responses.retrieve"):
+            return await self._client.responses.retrieve(
+                response_id,
+                stream=True,
+                include=INCLUDE,
+                starting_after=after if after is not None else openai.omit,
+                timeout=self._stream_timeout,
+            )
+
+    async def _events(self, stream: Any, what: str, *, known: bool) -> AsyncGenerator[AnswerEvent, None]:
+        try:
+            async for raw in stream:
+                event = _answer_event(raw)
+                if event is None:
+                    continue
+                known = known or event.response_id is not None
+                yield event
+        except (openai.OpenAIError, httpx2.HTTPError) as exc:
+            log.warning("%s: the event stream broke off (%s)", what, type(exc).__name__)
+            if not known:
+                raise errors.AmbiguousCreate(f"{what}: stream lost before the response id") from None
+            raise errors.StreamDropped(f"{what}: {type(exc).__name__}", retry_after=0.2) from None
+        finally:
+            with contextlib.suppress(Exception):
+                await stream.close()
+
+    async def work_of(self, response_id: str) -> list[WorkStep]:
+        """The code a stored response ran and what it printed ("Show work")."""
+        with self._calling("responses.retrieve"):
+            response = await self._client.responses.retrieve(response_id, include=INCLUDE)
+        return [_step(item) for item in response.output if item.type == "code_interpreter_call"]
 
     async def get_run(self, response_id: str) -> ModelReply:
         with self._calling("responses.retrieve"):
@@ -354,6 +420,64 @@ class OpenAIGateway:
     async def _delete(self, call: Any, what: str) -> None:
         with self._calling(what, missing_ok=True):  # already gone is as good as deleted
             await call
+
+
+def _create_arguments(request: RunRequest) -> dict[str, Any]:
+    """The body of `POST /v1/responses`: the user's turn (text, images, documents), tools and settings."""
+    content: list[Any] = [{"type": "input_text", "text": request.input_text}]
+    for file_id in request.image_file_ids:
+        content.append({"type": "input_image", "file_id": file_id, "detail": "auto"})
+    for file_id in request.document_file_ids:
+        content.append({"type": "input_file", "file_id": file_id})
+    tools: list[Any] = []
+    if request.container_id:
+        tools.append({"type": "code_interpreter", "container": request.container_id})
+    if request.vector_store_ids:
+        tools.append({"type": "file_search", "vector_store_ids": list(request.vector_store_ids)})
+    return {
+        "model": request.model,
+        "conversation": request.conversation_id,
+        "instructions": request.instructions,
+        "input": [{"role": "user", "content": content}],
+        "tools": tools,
+        "include": INCLUDE,
+        "background": True,
+        "store": True,
+        "truncation": "auto",
+        "max_output_tokens": request.max_output_tokens,
+        "reasoning": {"effort": request.reasoning_effort},
+        "metadata": dict(request.metadata),
+    }
+
+
+def _answer_event(raw: Any) -> AnswerEvent | None:
+    """Our event for an SDK stream event; None for one without a sequence number."""
+    sequence = getattr(raw, "sequence_number", None)
+    if not isinstance(sequence, int):
+        return None
+    kind = getattr(raw, "type", "")
+    if kind == "response.created":
+        return AnswerEvent(sequence, response_id=raw.response.id)
+    if kind == "response.output_text.delta":
+        return AnswerEvent(sequence, text=raw.delta, item_id=raw.item_id)
+    if kind in ("response.output_item.added", "response.output_item.done") and (
+        raw.item.type == "code_interpreter_call"
+    ):
+        return AnswerEvent(sequence, step=_step(raw.item, done=kind.endswith(".done")))
+    if kind in ("response.completed", "response.incomplete", "response.failed"):
+        response = raw.response
+        return AnswerEvent(
+            sequence, reply=_reply_from(response.id, response.status or "failed", response.output, response)
+        )
+    if kind == "error":
+        log.warning("response stream error: code=%s message=%s", raw.code, raw.message)
+        raise errors.StreamDropped(f"stream error {raw.code}", retry_after=1.0)
+    return AnswerEvent(sequence)
+
+
+def _step(item: Any, *, done: bool = True) -> WorkStep:
+    logs = [str(out.logs) for out in item.outputs or () if getattr(out, "type", "") == "logs" and out.logs]
+    return WorkStep(id=item.id, code=item.code or "", output="".join(logs), done=done)
 
 
 def _reply_from(response_id: str | None, status: str, items: Iterable[Any], response: Any) -> ModelReply:

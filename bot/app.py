@@ -26,8 +26,10 @@ from bot.errors import ConfigError
 from bot.handlers.http import MalformedRequest, RawBodyVerifier, bolt_request, is_ssl_check, signature_problem
 from bot.identity import BotIdentity
 from bot.metrics import CONTENT_TYPE, Metrics
+from bot.notifier import WakeUp
 from bot.pacing import Pacer
 from bot.poller import Poller
+from bot.prepare import RunPreparer
 from bot.reply import Replier
 from bot.retention import Retention
 from bot.slack_api import SlackGateway, make_web_client
@@ -92,7 +94,9 @@ def build(settings: Settings) -> Components:
         timeout=settings.tutor_openai_timeout,
         metrics=metrics.openai,
     )
-    tutor = Tutor(sessions=sessions, ai=ai, slack=slack, settings=settings)
+    wake = WakeUp()
+    tutor = Tutor(sessions=sessions, slack=slack, settings=settings, wake=wake)
+    preparer = RunPreparer(sessions=sessions, ai=ai, slack=slack, settings=settings)
     replier = Replier(
         sessions=sessions,
         ai=ai,
@@ -103,10 +107,12 @@ def build(settings: Settings) -> Components:
     poller = Poller(
         engine=engine,
         sessions=sessions,
-        tutor=tutor,
+        preparer=preparer,
         replier=replier,
         ai=ai,
+        slack=slack,
         settings=settings,
+        wake=wake,
         metrics=metrics,
     )
     metrics.track_worker(poller)
@@ -268,7 +274,6 @@ def _lifecycle(
         if with_slack:
             tasks.append(asyncio.create_task(components.identity.keep_fresh(), name="slack-identity"))
         if with_worker:
-            components.tutor.wake = components.poller.wake
             tasks.append(asyncio.create_task(components.poller.run_forever(), name="run-poller"))
             retention = Retention(components.engine, days=components.settings.tutor_retention_days)
             tasks.append(asyncio.create_task(retention.run_forever(), name="retention"))

@@ -89,7 +89,7 @@ class FileAttacher:
             )
         meta = file.meta
         if meta.get("file_access") == "check_file_info" or not meta.get("url_private_download"):
-            meta = await self._slack.file_info(file.id, name=file.name)
+            meta = (await self._slack.file_info(file.id, name=file.name)).meta
         expected = max(file.size, file_size(meta.get("size")))
         if expected > self.max_bytes:
             raise errors.FileTooLarge(name=file.name, limit_mb=self.max_bytes >> 20)

@@ -61,6 +61,10 @@ class AmbiguousCreate(TutorError):
     retryable = True
 
 
+class StreamDropped(OpenAIUnavailable):
+    """The answer's event stream ended early; it is picked up again where it stopped."""
+
+
 class ModelFailed(TutorError):
     user_message = "The model failed while answering. Please try again in a minute."
 
@@ -110,6 +114,22 @@ class SlackDeliveryFailed(TutorError):
     #: True when no answer came back (a timeout, a dropped connection): the request may still be
     #: landing at Slack. An error Slack answered with means it is done with the request.
     outcome_unknown = False
+
+
+class SlackRateLimited(SlackDeliveryFailed):
+    """Slack answered 429: nothing happened; try again after `retry_after`."""
+
+
+class StreamRefused(SlackDeliveryFailed):
+    """Slack won't stream here (surface, token type, arguments): post and edit instead."""
+
+    retryable = False
+
+
+class StreamClosed(SlackDeliveryFailed):
+    """The stream is over (stopped, or closed by Slack after ~5 minutes): edit the message instead."""
+
+    retryable = False
 
 
 class FileError(TutorError):

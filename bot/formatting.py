@@ -789,3 +789,45 @@ def format_reply(
 ) -> list[str]:
     """Model Markdown to postable mrkdwn chunks: sandbox links, conversion, splitting."""
     return [p for p in format_answer(markdown, uploaded, images=False, limit=limit) if isinstance(p, str)]
+
+
+# --------------------------------------------------------------------------------------------
+# Live answers: the model's Markdown as it streams (Slack renders `markdown_text` itself)
+# --------------------------------------------------------------------------------------------
+
+#: Constructs whose glue needs them whole: held back from a live stream until they close.
+_LIVE_OPENERS = (("\\(", "\\)"), ("\\[", "\\]"), ("[", ")"), ("<", ">"))
+#: A construct open for longer than this is not one (e.g. "[1]" without a link): shown anyway.
+_LIVE_HOLD = 400
+_SLACK_ANGLE = re.compile(r"<(?=[!@#])")
+
+
+def live_markdown(text: str) -> str:
+    """A stable piece of the model's Markdown for a live stream: only the glue Slack doesn't do.
+
+    Sandbox links become the file's name (the file itself is uploaded), inline math becomes
+    Unicode, display math a code block until the final answer shows it as an image, and
+    mentions (``<!here>``, ``<@U…>``, ``@channel``) are made inert. The final answer replaces
+    the live text with the posted form (see `format_answer`).
+    """
+    text = strip_sandbox_links(text)
+    text = _MATH_BRACKET.sub(lambda m: f"\n```\n{m.group(1).strip()}\n```\n", text)
+    text = _MATH_DOUBLE.sub(lambda m: f"\n```\n{m.group(1).strip()}\n```\n", text)
+    text = _MATH_PAREN.sub(lambda m: _unescape(_inline_math(m.group(1))), text)
+    return _inert_handles(_SLACK_ANGLE.sub("<\u2060", text))
+
+
+def stable_end(text: str) -> int:
+    """How much of a growing answer can be shown for good: up to its last whitespace, and before
+    any link, math or Slack token that hasn't closed yet (its glue would change it)."""
+    end = max(text.rfind(" "), text.rfind("\n"))
+    if end < 0:
+        return 0
+    end += 1
+    for opener, closer in _LIVE_OPENERS:
+        start = text.rfind(opener, max(0, end - _LIVE_HOLD), end)
+        if opener == "[" and start > 0 and text[start - 1] == "\\":
+            continue  # display math, handled as "\["
+        if start >= 0 and text.find(closer, start + len(opener)) < 0:
+            end = min(end, start)
+    return end

@@ -29,8 +29,6 @@ from db.models import Document, Run, utcnow
 
 log = logging.getLogger(__name__)
 
-CLEAR_ACTION = "tutor_library_clear"
-KEEP_ACTION = "tutor_library_keep"
 #: How long `/tutor library add` waits for the files.
 REQUEST_WINDOW = timedelta(minutes=10)
 ADD_WORDS = re.compile(
@@ -99,18 +97,10 @@ class LibraryOutcome:
 
 
 class Library:
-    def __init__(
-        self,
-        *,
-        sessions: async_sessionmaker[AsyncSession],
-        files: FileAttacher,
-        desk: DocumentDesk,
-        slack: SlackGateway,
-    ) -> None:
+    """The handlers' side: store library adds, and list, remove and clear (database only)."""
+
+    def __init__(self, *, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
-        self._files = files
-        self._desk = desk
-        self._slack = slack
 
     async def accept(self, question: Question) -> bool | None:
         """Store a library add for this message: the run and its files. None when the message
@@ -207,6 +197,24 @@ class Library:
             await repo.forget_vector_store(session, scope_key=scope)
         log.info("library of %s cleared (%d files)", channel_id, len(docs))
         return len(docs)
+
+
+
+class LibraryIndexer:
+    """The run-poller's side of a library add: upload the files, index them, say how it went."""
+
+    def __init__(
+        self,
+        *,
+        sessions: async_sessionmaker[AsyncSession],
+        files: FileAttacher,
+        desk: DocumentDesk,
+        slack: SlackGateway,
+    ) -> None:
+        self._sessions = sessions
+        self._files = files
+        self._desk = desk
+        self._slack = slack
 
     async def index(self, run: Run, show: Callable[[str], Awaitable[None]]) -> LibraryOutcome:
         """The worker's part of a library add: upload, index, wait (bounded), and say how it went."""
@@ -328,34 +336,3 @@ def _outcome(docs: Sequence[Document], *, limit_mb: int) -> LibraryOutcome:
 
 def _shown(name: str) -> str:
     return name.replace("`", "'").replace("<", "‹").replace(">", "›")
-
-
-def clear_confirmation(channel_id: str, count: int) -> dict[str, Any]:
-    """The ephemeral answer to `/tutor library clear`: the question, and the buttons."""
-    files = f"{count} file{'' if count == 1 else 's'}"
-    text = f"Remove all {files} from this channel's library? They are deleted from OpenAI too."
-    return {
-        "text": text,
-        "blocks": [
-            {"type": "section", "text": {"type": "mrkdwn", "text": text}},
-            {
-                "type": "actions",
-                "block_id": "tutor_library_clear",
-                "elements": [
-                    {
-                        "type": "button",
-                        "action_id": CLEAR_ACTION,
-                        "style": "danger",
-                        "text": {"type": "plain_text", "text": "Empty the library"},
-                        "value": channel_id,
-                    },
-                    {
-                        "type": "button",
-                        "action_id": KEEP_ACTION,
-                        "text": {"type": "plain_text", "text": "Keep it"},
-                        "value": channel_id,
-                    },
-                ],
-            },
-        ],
-    }

@@ -1,9 +1,15 @@
 """The run-poller: claims due runs under a lease, drives each one step further, and hands
 finished responses to the replier.
 
-A run moves queued → creating → polling → replying → done|failed (`unknown` after a create whose
-outcome we could not see). Every step starts from what the row says, so any worker can pick up a
-run whose worker died. A library run (`bot.library`) indexes its files and reports in one step.
+A run moves queued → creating → streaming → replying → done|failed (`unknown` after a create whose
+outcome we could not see; `polling` when its event stream keeps breaking). Every step starts from
+what the row says, so any worker can pick up a run whose worker died: a streaming run is resumed
+after the last event its live answer relayed (`bot.live`), into the same Slack message.
+
+One run, one pass: `_create` prepares the run (`bot.prepare`), creates the response with a stream,
+and `_follow` relays its events (`bot.live`) until the response is over; then `_reply` hands the
+answer to the replier (`bot.reply`). Every change of the row is a named, lease-checked transition
+in `db.repo`. A library run (`bot.library`) indexes its files and reports in one step.
 
 Each claimed run is driven by its own task, at most `TUTOR_WORKER_CONCURRENCY` at once: a run
 whose OpenAI or Slack call hangs holds one slot until that call's deadline, never the loop that
@@ -21,24 +27,25 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextvars import ContextVar
 from datetime import datetime, timedelta
-from typing import Any
 
-from sqlalchemy import update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot import errors
-from bot.ai import ModelReply, OpenAIGateway
+from bot.ai import AnswerEvent, ModelReply, OpenAIGateway
 from bot.config import Settings
+from bot.live import LiveAnswer, LiveMode, LiveState
 from bot.logs import bind, log_context
 from bot.metrics import Metrics
+from bot.notifier import WakeUp
+from bot.prepare import RunPreparer, marker, place_of
 from bot.reply import SLOW_NOTICE, Replier
-from bot.tutor import Tutor, marker
+from bot.slack_api import Recipient, SlackGateway
 from db import leases, repo
-from db.models import Cleanup, Run, utcnow
+from db.models import Run, RunKind, RunStatus, utcnow
 from db.notify import WorkListener
 
 log = logging.getLogger(__name__)
@@ -58,7 +65,11 @@ RECONCILE_EVERY = 2.0
 #: not keep a stopping process alive).
 SHUTDOWN_STEP = 5.0
 #: Runs that are still answering a question (not delivering, not done).
-ANSWERING = frozenset({"queued", "creating", "unknown", "polling"})
+ANSWERING = frozenset(
+    {RunStatus.QUEUED, RunStatus.CREATING, RunStatus.UNKNOWN, RunStatus.STREAMING, RunStatus.POLLING}
+)
+#: A broken event stream is picked up again this many times before the run is polled instead.
+STREAM_RETRIES = 3
 #: The run deadline of the step this task is in, lifted once the answer is being delivered.
 _DEADLINE: ContextVar[asyncio.Timeout | None] = ContextVar("run_deadline", default=None)
 
@@ -69,18 +80,21 @@ class Poller:
         *,
         engine: AsyncEngine,
         sessions: async_sessionmaker[AsyncSession],
-        tutor: Tutor,
+        preparer: RunPreparer,
         replier: Replier,
         ai: OpenAIGateway,
+        slack: SlackGateway,
         settings: Settings,
+        wake: WakeUp | None = None,
         owner: str | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self._sessions = sessions
         self._engine = engine
-        self._tutor = tutor
+        self._preparer = preparer
         self._replier = replier
         self._ai = ai
+        self._slack = slack
         self._settings = settings
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._wakeup = asyncio.Event()
@@ -100,6 +114,8 @@ class Poller:
             if self._postgres
             else None
         )
+        if wake is not None:
+            wake.listen(self.wake)
 
     def wake(self) -> None:
         """Look for work now (a question or a reset was just stored in this process)."""
@@ -206,12 +222,15 @@ class Poller:
             }[cleanup.kind]
             try:
                 await delete(cleanup.object_id)
-                values: dict[str, Any] = {"done_at": utcnow(), "last_error": None}
             except errors.TutorError as exc:
                 delay = min(3600.0, 30.0 * 2 ** min(cleanup.attempts, 7))
-                values = {"last_error": exc.code, "next_attempt_at": self._later(delay)}
+                async with self._sessions.begin() as session:
+                    await repo.retry_cleanup(
+                        session, cleanup_id=cleanup.id, error=exc.code, next_at=self._later(delay)
+                    )
+                continue
             async with self._sessions.begin() as session:
-                await session.execute(update(Cleanup).where(Cleanup.id == cleanup.id).values(**values))
+                await repo.finish_cleanup(session, cleanup_id=cleanup.id)
         return len(due)
 
     # Leases and liveness
@@ -335,32 +354,37 @@ class Poller:
             self._to_release.add(run.id)
 
     async def _step(self, run: Run) -> None:
-        if run.kind == "offer":
+        if run.kind == RunKind.OFFER:
             await self._replier.offer(run)
-            await self._save(run, status="done", finished_at=utcnow())
-        elif run.kind == "reset":
-            await self._tutor.reset_thread(run)
+            await self._finish(run, failed=False)
+        elif run.kind == RunKind.RESET:
+            await self._preparer.reset_thread(run)
             await self._replier.reset_notice(run)
-            await self._save(run, status="done", finished_at=utcnow())
-        elif run.kind == "library" and run.status == "queued":
-            outcome = await self._tutor.library.index(
-                run, lambda status: self._tutor.show_working(run, status)
+            await self._finish(run, failed=False)
+        elif run.kind == RunKind.WORK:
+            await self._replier.show_work(run)
+            await self._finish(run, failed=False)
+        elif run.kind == RunKind.LIBRARY and run.status == RunStatus.QUEUED:
+            outcome = await self._preparer.library.index(
+                run, lambda status: self._preparer.show_working(run, status)
             )
             await self._replier.notify(run, "library", outcome.message())
             await self._replier.deliver(run, None)  # clears a DM's status
-            await self._save(run, status="done", finished_at=utcnow())
-        elif run.status == "queued":
+            await self._finish(run, failed=False)
+        elif run.status == RunStatus.QUEUED:
             await self._create(run)
-        elif run.status in ("creating", "unknown"):
+        elif run.status in (RunStatus.CREATING, RunStatus.UNKNOWN):
             await self._reconcile(run)
-        elif run.status == "polling":
+        elif run.status == RunStatus.STREAMING:
+            await self._resume(run)
+        elif run.status == RunStatus.POLLING:
             await self._poll(run)
-        elif run.status == "replying":
+        elif run.status == RunStatus.REPLYING:
             await self._reply(run, await self._load_reply(run))
 
     async def _step_in_time(self, run: Run) -> None:
         """A step of an unanswered question ends at the run's deadline, even inside a hung call."""
-        if run.kind != "answer" or run.status not in ANSWERING:
+        if run.kind != RunKind.ANSWER or run.status not in ANSWERING:
             await self._step(run)
             return
         try:
@@ -377,7 +401,7 @@ class Poller:
 
     def _out_of_time(self, run: Run) -> bool:
         """The run timeout counts from the question's arrival, whatever state the run is in."""
-        return run.kind == "answer" and run.status in ANSWERING and self._time_left(run) <= 0
+        return run.kind == RunKind.ANSWER and run.status in ANSWERING and self._time_left(run) <= 0
 
     def _time_left(self, run: Run) -> float:
         deadline = run.created_at + timedelta(seconds=self._settings.tutor_run_timeout)
@@ -390,67 +414,150 @@ class Poller:
             self._settings.tutor_run_timeout,
             run.status,
         )
-        if run.status != "polling" or run.response_id is None:
+        if run.status not in (RunStatus.POLLING, RunStatus.STREAMING) or run.response_id is None:
             raise errors.RunTimedOut(f"timed out while {run.status}")
         reply: ModelReply | None = None
         with contextlib.suppress(errors.TutorError):
             reply = await self._ai.cancel_run(run.response_id)
         if reply is None or not reply.finished:
             reply = ModelReply(response_id=run.response_id, status="cancelled")
-        await self._save(run, status="replying", keep_lease=True)
+        await self._change(run, lambda s: repo.mark_replying(s, run, owner=self.owner))
         await self._reply(run, reply)
 
     async def _create(self, run: Run) -> None:
-        again = run.status in ("unknown", "creating")  # an earlier create may have reached OpenAI
+        again = run.status in (RunStatus.UNKNOWN, RunStatus.CREATING)  # an earlier create may have landed
         if run.status_shown_at is None:
-            await self._tutor.show_working(run)
-            await self._save(run, status_shown_at=utcnow(), keep_lease=True)
-        request = await self._tutor.prepare_run(run)
+            await self._preparer.show_working(run)
+            await self._change(run, lambda s: repo.note_status_shown(s, run, owner=self.owner, at=utcnow()))
+        request = await self._preparer.prepare(run)
+        await self._replier.tell_rejected_files(run)  # said before the answer starts to stream
         if request is None:  # nothing to ask the model: only files it can't use
-            await self._save(run, status="replying", keep_lease=True)
+            await self._change(run, lambda s: repo.mark_replying(s, run, owner=self.owner))
             await self._reply(run, None)
             return
         # Record the intent before the non-idempotent call: a crash from here on means "unknown".
-        await self._save(
-            run, status="creating", create_started_at=run.create_started_at or utcnow(), keep_lease=True
-        )
+        started = run.create_started_at or utcnow()
+        await self._change(run, lambda s: repo.mark_creating(s, run, owner=self.owner, started_at=started))
         try:
-            started = await self._ai.start_run(request)
+            reply = await self._follow(run, self._ai.stream_run(request), resumed=False)
         except errors.ConversationBusy:
             if again:
                 # OpenAI still runs the earlier create on this conversation: wait for its answer.
                 log.info("run %s: the earlier create is still running; waiting for its answer", run.id)
-                await self._retry_later(run, RECONCILE_EVERY, status="unknown")
+                await self._retry_later(run, RECONCILE_EVERY, status=RunStatus.UNKNOWN)
                 return
-            await self._save(run, status="queued", keep_lease=True)
+            await self._change(run, lambda s: repo.requeue(s, run, owner=self.owner))
             raise
-        except errors.AmbiguousCreate:
+        except errors.TutorError as exc:
+            # Refused before the response existed: nothing runs at OpenAI, it can be created again.
+            if run.status == RunStatus.CREATING and not isinstance(exc, errors.AmbiguousCreate):
+                await self._change(run, lambda s: repo.requeue(s, run, owner=self.owner))
             raise
-        except errors.TutorError:
-            await self._save(run, status="queued", keep_lease=True)
-            raise
-        bind(response_id=started.response_id)
-        log.info("run %s: response %s started", run.id, started.response_id)
-        await self._save(
-            run,
-            status="polling",
-            response_id=started.response_id,
-            attempts=0,  # retries are counted per step
-            failing_since=None,
-            next_attempt_at=self._later(self._interval),
+        await self._reply(run, reply)
+
+    async def _resume(self, run: Run) -> None:
+        """A streaming run whose worker stopped: its events after the last one relayed."""
+        assert run.response_id is not None
+        log.info("run %s: resuming the answer after event %s", run.id, run.stream_seq)
+        reply = await self._follow(
+            run, self._ai.resume_run(run.response_id, after=run.stream_seq), resumed=True
+        )
+        await self._reply(run, reply)
+
+    async def _follow(
+        self, run: Run, events: AsyncGenerator[AnswerEvent, None], *, resumed: bool
+    ) -> ModelReply:
+        """Relay a response's events into Slack until it is over; return its final state."""
+        live = self._live_answer(run, resumed=resumed)
+        live.start()
+        status = asyncio.create_task(self._keep_status_while_silent(run, live), name=f"status-{run.id}")
+        reply: ModelReply | None = None
+        try:
+            async with contextlib.aclosing(events) as stream:
+                async for event in stream:
+                    if event.response_id is not None and event.response_id != run.response_id:
+                        await self._started(run, event.response_id)
+                    live.add(event)
+                    if live.failure is not None:
+                        raise live.failure
+                    if event.reply is not None:
+                        reply = event.reply
+                        break
+        finally:
+            status.cancel()
+            await live.close()
+        if live.failure is not None:
+            raise live.failure
+        if run.response_id is None:
+            raise errors.AmbiguousCreate("the stream ended before naming the response")
+        if reply is None:
+            # The stream ended without the last event: the response itself says whether it is over.
+            reply = await self._ai.get_run(run.response_id)
+            self._metrics.polled(reply.status)
+            if not reply.finished:
+                raise errors.StreamDropped("the stream ended early", retry_after=0.2)
+        await self._change(run, lambda s: repo.mark_replying(s, run, owner=self.owner))
+        return reply
+
+    async def _keep_status_while_silent(self, run: Run, live: LiveAnswer) -> None:
+        """Slack clears a thread status after two minutes: re-send it until the first words show."""
+        if not run.reply_thread_ts:
+            return
+        while True:
+            await asyncio.sleep(STATUS_REFRESH.total_seconds())
+            if live.text_shown:
+                return
+            await self._preparer.show_working(run, "is running code…" if live.ran_code else "is thinking…")
+
+    async def _started(self, run: Run, response_id: str) -> None:
+        await self._change(
+            run, lambda s: repo.mark_streaming(s, run, owner=self.owner, response_id=response_id)
+        )
+        bind(response_id=response_id)
+        log.info("run %s: response %s started", run.id, response_id)
+
+    def _live_answer(self, run: Run, *, resumed: bool) -> LiveAnswer:
+        mode = LiveMode(run.stream_mode) if run.stream_mode else None
+        if resumed and mode is LiveMode.POSTING:
+            mode = LiveMode.QUIET  # the preview post may have landed: the replier looks for it
+        state = LiveState(run.stream_seq, list(run.stream_messages or []), mode, run.stream_chars or 0)
+
+        async def save(state: LiveState) -> None:
+            await self._change(
+                run,
+                lambda s: repo.save_stream(
+                    s,
+                    run,
+                    owner=self.owner,
+                    seq=state.seq,
+                    messages=state.messages,
+                    mode=state.mode,
+                    chars=state.chars,
+                ),
+            )
+
+        return LiveAnswer(
+            slack=self._slack,
+            place=place_of(run),
+            recipient=Recipient(user_id=run.user_id, team_id=run.team_id),
+            question_ts=run.message_ts,
+            delivery_key=f"{run.run_uuid}:text:0",
+            state=state,
+            save=save,
+            resumed=resumed,
         )
 
     async def _reconcile(self, run: Run) -> None:
         """A create may have reached OpenAI: look for its answer in the conversation, and create
         again when there is no trace (a create that did land holds the conversation, so OpenAI
         refuses the second one and we keep looking)."""
-        conversation_id = await self._tutor.conversation_of(run)
+        conversation_id = await self._preparer.conversation_of(run)
         found = (
             await self._ai.find_answer(conversation_id, marker(run.message_ts)) if conversation_id else None
         )
         if found is not None:
             log.info("run %s: found the answer of an unconfirmed create", run.id)
-            await self._save(run, status="replying", keep_lease=True)
+            await self._change(run, lambda s: repo.mark_replying(s, run, owner=self.owner))
             await self._reply(run, found)
             return
         if run.attempts >= self._settings.tutor_max_attempts:
@@ -461,15 +568,16 @@ class Poller:
         await self._create(run)
 
     async def _poll(self, run: Run) -> None:
+        """The fallback: the response is retrieved at most once per poll interval."""
         assert run.response_id is not None
         reply = await self._ai.get_run(run.response_id)
         self._metrics.polled(reply.status)
         if not reply.finished:
             await self._keep_status_fresh(run, reply)
-            progress: dict[str, Any] = {"attempts": 0, "failing_since": None} if run.attempts else {}
-            await self._save(run, next_attempt_at=self._later(self._interval), **progress)
+            next_at = self._later(self._interval)
+            await self._change(run, lambda s: repo.poll_later(s, run, owner=self.owner, next_at=next_at))
             return
-        await self._save(run, status="replying", attempts=0, failing_since=None, keep_lease=True)
+        await self._change(run, lambda s: repo.mark_replying(s, run, owner=self.owner))
         await self._reply(run, reply)
 
     async def _reply(self, run: Run, reply: ModelReply | None) -> None:
@@ -478,7 +586,7 @@ class Poller:
             deadline.reschedule(None)  # an answer being delivered is never cut off
         await self._replier.deliver(run, reply)
         failed = bool(run.error_code) or (reply is not None and reply.failure() is not None)
-        await self._save(run, status="failed" if failed else "done", finished_at=utcnow())
+        await self._finish(run, failed=failed)
         log.info("run %s: %s", run.id, "failed" if failed else "answered")
 
     async def _load_reply(self, run: Run) -> ModelReply | None:
@@ -486,7 +594,7 @@ class Poller:
             return None
         if run.response_id:
             return await self._ai.get_run(run.response_id)
-        conversation_id = await self._tutor.conversation_of(run)
+        conversation_id = await self._preparer.conversation_of(run)
         return (
             await self._ai.find_answer(conversation_id, marker(run.message_ts)) if conversation_id else None
         )
@@ -495,39 +603,53 @@ class Poller:
         if run.reply_thread_ts and (
             run.status_shown_at is None or utcnow() - run.status_shown_at > STATUS_REFRESH
         ):
-            await self._tutor.show_working(run, "is running code…" if reply.ran_code else "is thinking…")
-            await self._save(run, status_shown_at=utcnow(), keep_lease=True)
+            await self._preparer.show_working(run, "is running code…" if reply.ran_code else "is thinking…")
+            await self._change(run, lambda s: repo.note_status_shown(s, run, owner=self.owner, at=utcnow()))
 
     # Failures
 
     async def _on_error(self, run: Run, exc: errors.TutorError) -> None:
         attempts = run.attempts + 1
         if isinstance(exc, errors.ContainerExpired):
-            await self._tutor.forget_container(run.thread_id)
-        elif isinstance(exc, errors.ContextLost) and run.status == "queued":
-            await self._tutor.forget_conversation(run.thread_id)
-        if run.status == "replying" and isinstance(exc, errors.SlackDeliveryFailed):
+            await self._preparer.forget_container(run.thread_id)
+        elif isinstance(exc, errors.ContextLost) and run.status == RunStatus.QUEUED:
+            await self._preparer.forget_conversation(run.thread_id)
+        if run.status == RunStatus.REPLYING and isinstance(exc, errors.SlackDeliveryFailed):
             await self._on_delivery_error(run, exc, attempts)
+            return
+        if run.status == RunStatus.STREAMING and run.response_id is not None:
+            await self._on_stream_error(run, exc, attempts, run.response_id)
             return
         if exc.retryable and (isinstance(exc, errors.AmbiguousCreate) or attempts < self._max_attempts):
             # An ambiguous create is looked for soon; `_reconcile` bounds how often it is re-sent.
             first = RECONCILE_FIRST if isinstance(exc, errors.AmbiguousCreate) else 1.0
             delay = exc.retry_after if exc.retry_after is not None else self._backoff(attempts, first)
             log.info("run %s: %s; retry %s in %.1fs", run.id, exc.code, attempts, delay)
-            status = "unknown" if isinstance(exc, errors.AmbiguousCreate) else run.status
+            status = RunStatus.UNKNOWN if isinstance(exc, errors.AmbiguousCreate) else run.status
             await self._retry_later(run, delay, status=status, attempts=attempts)
             return
         log.warning("run %s: failed with %s (%s)", run.id, exc.code, exc.detail)
-        await self._save(
-            run,
-            status="replying",
-            attempts=0,
-            failing_since=None,
-            error_code=exc.code,
-            error_message=exc.detail,
-            next_attempt_at=utcnow(),
+        await self._change(
+            run, lambda s: repo.fail_run(s, run, owner=self.owner, code=exc.code, message=exc.detail)
         )
         self.wake()
+
+    async def _on_stream_error(
+        self, run: Run, exc: errors.TutorError, attempts: int, response_id: str
+    ) -> None:
+        """The response exists: resume its stream soon, and after repeated breaks poll it instead
+        (polling finds out how the response ended, whatever broke the stream)."""
+        if exc.retryable and attempts < STREAM_RETRIES:
+            delay = exc.retry_after if exc.retry_after is not None else self._backoff(attempts, 0.5)
+            log.info("run %s: %s; resuming the stream in %.1fs", run.id, exc.code, delay)
+            await self._retry_later(run, delay, status=RunStatus.STREAMING, attempts=attempts)
+            return
+        log.warning("run %s: the stream broke %d times (%s); polling instead", run.id, attempts, exc.code)
+        next_at = self._later(self._interval)
+        await self._change(
+            run,
+            lambda s: repo.mark_polling(s, run, owner=self.owner, response_id=response_id, next_at=next_at),
+        )
 
     async def _on_delivery_error(self, run: Run, exc: errors.SlackDeliveryFailed, attempts: int) -> None:
         """Slack outages are outlasted (up to TUTOR_DELIVERY_DEADLINE); refusals end the run."""
@@ -536,27 +658,44 @@ class Poller:
         if exc.retryable and outage < self._settings.tutor_delivery_deadline:
             delay = exc.retry_after if exc.retry_after is not None else self._backoff(attempts, 1.0)
             log.info("run %s: delivery failed (%s); retry %s in %.1fs", run.id, exc.detail, attempts, delay)
-            await self._save(run, attempts=attempts, failing_since=since, next_attempt_at=self._later(delay))
+            next_at = self._later(delay)
+            await self._change(
+                run,
+                lambda s: repo.retry_later(
+                    s,
+                    run,
+                    owner=self.owner,
+                    status=run.status,
+                    next_at=next_at,
+                    attempts=attempts,
+                    failing_since=since,
+                ),
+            )
             return
         # Slack itself refuses the thread, or has been down past the deadline: nobody to tell.
         log.error("run %s: giving up on delivery after %.0fs: %s", run.id, outage, exc.detail)
-        await self._save(run, status="failed", attempts=attempts, error_code=exc.code, finished_at=utcnow())
+        run.attempts = attempts
+        await self._change(
+            run, lambda s: repo.finish_run(s, run, owner=self.owner, failed=True, code=exc.code)
+        )
 
-    async def _retry_later(self, run: Run, delay: float, *, status: str, **values: Any) -> None:
+    async def _retry_later(self, run: Run, delay: float, *, status: str, attempts: int | None = None) -> None:
         """Try the run's step again after `delay`, never past its deadline; say so when it is slow."""
-        if run.kind == "answer" and status in ANSWERING:
+        if run.kind == RunKind.ANSWER and status in ANSWERING:
             delay = max(0.0, min(delay, self._time_left(run)))
-            await self._tell_if_slow(run)
-        await self._save(
+            if status != RunStatus.STREAMING:
+                await self._tell_if_slow(run)
+        next_at, since = self._later(delay), run.failing_since or utcnow()
+        count = run.attempts if attempts is None else attempts
+        await self._change(
             run,
-            status=status,
-            failing_since=run.failing_since or utcnow(),
-            next_attempt_at=self._later(delay),
-            **values,
+            lambda s: repo.retry_later(
+                s, run, owner=self.owner, status=status, next_at=next_at, attempts=count, failing_since=since
+            ),
         )
 
     async def _tell_if_slow(self, run: Run) -> None:
-        if run.kind != "answer" or utcnow() - run.created_at < timedelta(
+        if run.kind != RunKind.ANSWER or utcnow() - run.created_at < timedelta(
             seconds=self._settings.tutor_slow_notice
         ):
             return
@@ -580,21 +719,15 @@ class Poller:
     def _later(seconds: float) -> datetime:
         return utcnow() + timedelta(seconds=seconds)
 
-    async def _save(self, run: Run, *, keep_lease: bool = False, **values: Any) -> None:
-        """Update the run if we still hold its lease; by default also release the lease."""
-        if not keep_lease:
-            values.update(lease_owner=None, lease_expires_at=None)
+    async def _finish(self, run: Run, *, failed: bool) -> None:
+        await self._change(run, lambda s: repo.finish_run(s, run, owner=self.owner, failed=failed))
+
+    async def _change(self, run: Run, transition: Callable[[AsyncSession], Awaitable[bool]]) -> None:
+        """Apply a lease-checked transition (`db.repo`); LeaseLost when another worker holds the run."""
         async with self._sessions.begin() as session:
-            result = await session.execute(
-                update(Run)
-                .where(Run.id == run.id, Run.lease_owner == self.owner)
-                .values(**values)
-                .execution_options(synchronize_session=False)
-            )
-        if getattr(result, "rowcount", 0) != 1:
+            held = await transition(session)
+        if not held:
             raise LeaseLost(run.id)
-        for key, value in values.items():
-            setattr(run, key, value)
 
 
 def _describe(exc: BaseException) -> str:

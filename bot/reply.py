@@ -3,11 +3,16 @@
 Every post and upload has a delivery row keyed by (run, key). The row is written before Slack is
 called and marked done after; a row left pending by a crash is checked against Slack (message
 metadata, file shares) before anything is sent again.
+
+A live answer (`bot.live`) already has messages in the thread: the answer's first messages go
+into them (the stream is stopped, and the message rewritten with `chat.update`, which is
+repeatable), so there is never a half-written message next to a full one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import re
@@ -30,16 +35,16 @@ from bot.formatting import (
     format_reply,
     split_message,
 )
+from bot.live import LiveMode
 from bot.math_images import render_all
+from bot.prepare import place_of
 from bot.slack_api import Place, SlackGateway
-from bot.tutor import place_of
+from bot.ui import WORK_GONE, answer_controls, offer_blocks, section, work_blocks
 from db import repo
 from db.models import Delivery, Run, ThreadFile, utcnow
 
 log = logging.getLogger(__name__)
 
-ANALYSE_ACTION = "tutor_analyse"
-START_OVER_ACTION = "tutor_start_over"
 RESET_NOTICE = (
     "Starting over: I've forgotten this thread's conversation and files. Ask me anything, "
     "or share a file to analyse."
@@ -91,23 +96,32 @@ class Replier:
         files = await self._files_of(run)
         names = ", ".join(f"`{_shown(f.name)}`" for f in files) or "this file"
         text = f"Want me to analyse {names}?"
-        blocks: list[dict[str, Any]] = [
-            {"type": "section", "text": {"type": "mrkdwn", "text": text}},
-            {
-                "type": "actions",
-                "block_id": "tutor_offer",
-                "elements": [
-                    {
-                        "type": "button",
-                        "action_id": ANALYSE_ACTION,
-                        "style": "primary",
-                        "text": {"type": "plain_text", "text": "Analyse it"},
-                        "value": f"{run.channel_id}:{run.reply_thread_ts}",
-                    }
-                ],
-            },
-        ]
+        blocks = offer_blocks(text, run.channel_id, run.reply_thread_ts)
         await self._post_once(run, place_of(run), "offer", text, blocks=blocks)
+
+    async def show_work(self, run: Run) -> None:
+        """Show work: the code the answer's response ran and what it printed, to the presser only
+        (ephemeral), read from the stored response (`include` code_interpreter_call.outputs)."""
+        async with self._sessions() as session:
+            answer = await repo.run_by_uuid(
+                session, team_id=run.team_id, channel_id=run.channel_id, run_uuid=run.text
+            )
+        if answer is None or answer.response_id is None:
+            text, blocks = WORK_GONE, [section(WORK_GONE)]
+        else:
+            try:
+                steps = await self._ai.work_of(answer.response_id)
+            except errors.ContextLost:
+                steps = None
+            if steps is None:
+                text, blocks = WORK_GONE, [section(WORK_GONE)]
+            else:
+                text, blocks = work_blocks([(step.code, step.output) for step in steps])
+        delivery, _ = await self._start(run, "work")
+        if delivery.state == "done":
+            return  # shown (an ephemeral message can't be looked for: a crash here shows it once more)
+        await self._slack.post_ephemeral(place_of(run), run.user_id, text, blocks=blocks)
+        await self._finish(delivery.id)
 
     async def deliver(self, run: Run, reply: ModelReply | None) -> None:
         """Post the answer (or the one-sentence error) and every chart of `run`."""
@@ -119,6 +133,7 @@ class Replier:
         if failure is not None:
             sentence = failure.user_message
             await self._post_once(run, place, "error", sentence, blocks=_with_start_over(sentence, run))
+        await self._clear_unused_live_messages(run, place)
         if place.thread_ts is None:
             await self._slack.show_status(place, "", message_ts=run.message_ts)
 
@@ -163,7 +178,7 @@ class Replier:
 
     async def _post_texts(self, run: Run, place: Place, parts: list[str]) -> None:
         for index, part in enumerate(parts):
-            blocks = _with_start_over(part, run) if index == len(parts) - 1 else None
+            blocks = _with_controls(part, run) if index == len(parts) - 1 else None
             await self._post_once(run, place, f"text:{index}", part, blocks=blocks)
 
     async def _post_with_equations(self, run: Run, place: Place, parts: list[str | DisplayMath]) -> None:
@@ -178,7 +193,7 @@ class Replier:
         self, run: Run, place: Place, key: str, message: AnswerMessage, *, last: bool
     ) -> None:
         """Post with images; if Slack keeps refusing them (not processed, not found), as text."""
-        controls = _start_over_controls(run) if last else []
+        controls = _controls(run, show_work=True) if last else []
         for pause in (*IMAGE_POST_RETRIES, None):
             try:
                 await self._post_once(run, place, key, message.text, blocks=[*message.blocks, *controls])
@@ -291,6 +306,10 @@ class Replier:
                 )
                 return
 
+    async def tell_rejected_files(self, run: Run) -> None:
+        """Before the answer starts: the files of the question the tutor couldn't use."""
+        await self._tell_rejected_files(run, place_of(run))
+
     async def _tell_rejected_files(self, run: Run, place: Place) -> None:
         for file in await self._files_of(run):
             if file.status == "rejected":
@@ -349,6 +368,10 @@ class Replier:
     async def _post_once(
         self, run: Run, place: Place, key: str, text: str, *, blocks: list[dict[str, Any]] | None = None
     ) -> None:
+        live = await self._live_message(run, place, key)
+        if live is not None:
+            await self._rewrite_once(run, place, key, live, text, blocks=blocks)
+            return
         delivery, created = await self._start(run, key)
         if delivery.state == "done":
             return
@@ -368,6 +391,51 @@ class Replier:
                 await self._attempting(delivery.id, done=True)
             raise
         await self._finish(delivery.id, slack_ts=ts)
+
+    async def _rewrite_once(
+        self, run: Run, place: Place, key: str, ts: str, text: str, *, blocks: list[dict[str, Any]] | None
+    ) -> None:
+        """The live message becomes this part of the answer. Rewriting is repeatable, so the
+        delivery row is written once, after Slack answered (one commit, not two)."""
+        async with self._sessions() as session:
+            done = await repo.get_delivery(session, run_id=run.id, key=key)
+        if done is not None and done.state == "done":
+            return
+        await self._slack.stop_stream(place, ts)
+        await self._slack.update(place, ts, text, delivery_key=self._tag(run, key), blocks=blocks)
+        async with self._sessions.begin() as session:
+            delivery, _ = await repo.start_delivery(session, run_id=run.id, key=key)
+            await repo.finish_delivery(session, delivery_id=delivery.id, slack_ts=ts)
+
+    async def _live_message(self, run: Run, place: Place, key: str) -> str | None:
+        """The live answer's message this post goes into: text:N into the Nth, an error into the
+        first; None when there is none (post a new message)."""
+        messages = run.stream_messages or []
+        index = 0 if key == "error" else _text_index(key)
+        if index is None:
+            return None
+        if not messages and index == 0 and run.stream_mode == LiveMode.POSTING:
+            # A crash during the preview post: it carries the first answer message's tag.
+            return await self._slack.find_post(
+                place, delivery_key=self._tag(run, "text:0"), oldest=run.message_ts
+            )
+        return messages[index] if index < len(messages) else None
+
+    async def _clear_unused_live_messages(self, run: Run, place: Place) -> None:
+        """A live answer that ran into more messages than its final form needs: the extra go."""
+        if not run.stream_messages:
+            return
+        async with self._sessions() as session:
+            used = {
+                delivery.slack_ts
+                for key in [f"text:{n}" for n in range(len(run.stream_messages or []))] + ["error"]
+                if (delivery := await repo.get_delivery(session, run_id=run.id, key=key)) is not None
+            }
+        for ts in run.stream_messages or []:
+            if ts not in used:
+                await self._slack.stop_stream(place, ts)
+                with contextlib.suppress(errors.SlackDeliveryFailed):
+                    await self._slack.delete(place, ts)
 
     async def _upload_once(self, run: Run, place: Place, chart: ChartUpload) -> None:
         delivery, created = await self._start(run, f"file:{chart.file_id}")
@@ -510,7 +578,7 @@ def _answer_messages(parts: Sequence[str | DisplayMath], files: dict[str, str]) 
 
 
 def _section(text: str) -> dict[str, Any]:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
+    return section(text)
 
 
 def _equation_key(latex: str) -> str:
@@ -523,24 +591,23 @@ def _refused_images(exc: errors.SlackDeliveryFailed) -> bool:
     return exc.detail.endswith(("invalid_blocks", "file_not_found", "invalid_slack_file"))
 
 
+def _text_index(key: str) -> int | None:
+    """N for the key "text:N" of an answer's Nth message; None for other keys."""
+    kind, _, number = key.partition(":")
+    return int(number) if kind == "text" and number.isdigit() else None
+
+
 def _with_start_over(text: str, run: Run) -> list[dict[str, Any]]:
-    """The answer as a section, with a small "Start over" button for its thread."""
-    return [_section(text), *_start_over_controls(run)]
+    """A sentence (an error) as a section, with a small "Start over" button for its thread."""
+    return [section(text), *_controls(run, show_work=False)]
 
 
-def _start_over_controls(run: Run) -> list[dict[str, Any]]:
-    thread_key = run.reply_thread_ts or ""
-    return [
-        {
-            "type": "actions",
-            "block_id": "tutor_controls",
-            "elements": [
-                {
-                    "type": "button",
-                    "action_id": START_OVER_ACTION,
-                    "text": {"type": "plain_text", "text": "Start over"},
-                    "value": f"{run.channel_id}:{thread_key}",
-                }
-            ],
-        },
-    ]
+def _with_controls(text: str, run: Run) -> list[dict[str, Any]]:
+    """The answer's last message, with Start over and Show work."""
+    return [section(text), *_controls(run, show_work=True)]
+
+
+def _controls(run: Run, *, show_work: bool) -> list[dict[str, Any]]:
+    return answer_controls(
+        run.channel_id, run.reply_thread_ts or "", run_uuid=run.run_uuid if show_work else None
+    )

@@ -46,6 +46,29 @@ DISPLAY_NAME_TTL = 3600.0
 CALL_TIMEOUT = 15
 #: Cosmetic calls (status, title, display name) never hold up an answer longer than this.
 COSMETIC_TIMEOUT = 5.0
+#: One call of a live answer (start/append/stop, or an edit of the preview): a slow one is skipped
+#: and its text goes with the next, so it must not hold the stream long.
+STREAM_CALL_TIMEOUT = 5
+#: Errors of chat.startStream that mean "this surface or token can't stream": post instead.
+STREAM_REFUSALS = frozenset(
+    {
+        "channel_type_not_supported",
+        "not_allowed_token_type",
+        "invalid_arguments",
+        "missing_recipient_user_id",
+        "missing_recipient_team_id",
+        "method_deprecated",
+        "unknown_method",
+        "feature_not_enabled",
+        "not_implemented",
+    }
+)
+STREAM_CLOSED = "message_not_in_streaming_state"
+LOADING_MESSAGES = (
+    "Reading your question…",
+    "Working it out…",
+    "Checking the numbers…",
+)
 
 
 def make_web_client(token: str, base_url: str, *, pacer: Pacer | None = None) -> AsyncWebClient:
@@ -63,6 +86,23 @@ def make_web_client(token: str, base_url: str, *, pacer: Pacer | None = None) ->
             AsyncServerErrorRetryHandler(max_retry_count=2),
         ],
     )
+
+
+@dataclass(frozen=True)
+class SlackFile:
+    """What files.info says about a shared file: where to download it, and the full object."""
+
+    id: str
+    download_url: str
+    meta: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """Whom a streamed answer is for (Slack requires it outside DMs)."""
+
+    user_id: str
+    team_id: str
 
 
 @dataclass(frozen=True)
@@ -109,6 +149,11 @@ class SlackGateway:
             timeout=CALL_TIMEOUT,
             retry_handlers=[SharedRateLimitHandler(self.pacer)],
         )
+        # A live answer's calls are never retried by the SDK: a retried append would show its text
+        # twice, and a 429 is the relay's to honour (it keeps collecting text meanwhile).
+        self._stream_client = AsyncWebClient(
+            token=client.token, base_url=client.base_url, timeout=STREAM_CALL_TIMEOUT, retry_handlers=[]
+        )
         self._names: dict[str, tuple[str, float]] = {}
         self._http: aiohttp.ClientSession | None = None
 
@@ -134,6 +179,131 @@ class SlackGateway:
             ),
         )
         return str(response["ts"])
+
+    async def update(
+        self,
+        place: Place,
+        ts: str,
+        text: str,
+        *,
+        delivery_key: str,
+        blocks: Sequence[dict[str, Any]] | None = None,
+    ) -> None:
+        """Rewrite one of our messages (a finished live answer), tagged like a post; repeatable."""
+        await self._call(
+            "chat.update",
+            self._post_client.chat_update(
+                channel=place.channel_id,
+                ts=ts,
+                text=text,
+                blocks=list(blocks) if blocks else [],
+                metadata={"event_type": REPLY_EVENT_TYPE, "event_payload": {"delivery": delivery_key}},
+            ),
+        )
+
+    async def delete(self, place: Place, ts: str) -> None:
+        await self._call("chat.delete", self._post_client.chat_delete(channel=place.channel_id, ts=ts))
+
+    async def post_ephemeral(
+        self, place: Place, user_id: str, text: str, *, blocks: Sequence[dict[str, Any]] | None = None
+    ) -> None:
+        await self._call(
+            "chat.postEphemeral",
+            self._post_client.chat_postEphemeral(
+                channel=place.channel_id,
+                user=user_id,
+                thread_ts=place.thread_ts,
+                text=text,
+                blocks=list(blocks) if blocks else None,
+            ),
+        )
+
+    # A live answer: a stream (chat.startStream/appendStream/stopStream), or where Slack won't
+    # stream, a posted preview edited as it grows. Errors: StreamRefused, StreamClosed,
+    # SlackRateLimited, else SlackDeliveryFailed.
+
+    async def start_stream(
+        self,
+        place: Place,
+        *,
+        recipient: Recipient,
+        markdown_text: str = "",
+        chunks: Sequence[dict[str, Any]] = (),
+    ) -> str:
+        """Open a streamed reply in the thread; return its ts."""
+        assert place.thread_ts is not None
+        dm = place.channel_id.startswith("D")
+        response = await self._live(
+            "chat.startStream",
+            self._stream_client.chat_startStream(
+                channel=place.channel_id,
+                thread_ts=place.thread_ts,
+                recipient_user_id=None if dm else recipient.user_id,
+                recipient_team_id=None if dm else recipient.team_id,
+                task_display_mode="timeline",
+                chunks=_chunks(markdown_text, chunks),
+            ),
+        )
+        return str(response["ts"])
+
+    async def append_stream(
+        self, place: Place, ts: str, *, markdown_text: str = "", chunks: Sequence[dict[str, Any]] = ()
+    ) -> None:
+        await self._live(
+            "chat.appendStream",
+            self._stream_client.chat_appendStream(
+                channel=place.channel_id, ts=ts, chunks=_chunks(markdown_text, chunks)
+            ),
+        )
+
+    async def stop_stream(self, place: Place, ts: str) -> None:
+        """End a stream; one Slack already closed (or we did, before a crash) is as good."""
+        try:
+            await self._live(
+                "chat.stopStream", self._stream_client.chat_stopStream(channel=place.channel_id, ts=ts)
+            )
+        except errors.StreamClosed:
+            return
+
+    async def post_preview(self, place: Place, markdown_text: str, *, delivery_key: str) -> str:
+        """Where Slack won't stream: the answer so far as a message, tagged so a retry finds it."""
+        response = await self._live(
+            "chat.postMessage",
+            self._stream_client.chat_postMessage(
+                channel=place.channel_id,
+                thread_ts=place.thread_ts,
+                markdown_text=markdown_text,
+                unfurl_links=False,
+                unfurl_media=False,
+                metadata={"event_type": REPLY_EVENT_TYPE, "event_payload": {"delivery": delivery_key}},
+            ),
+        )
+        return str(response["ts"])
+
+    async def edit_preview(self, place: Place, ts: str, markdown_text: str) -> None:
+        await self._live(
+            "chat.update",
+            self._stream_client.chat_update(channel=place.channel_id, ts=ts, markdown_text=markdown_text),
+        )
+
+    async def _live(self, method: str, call: Awaitable[Any]) -> Any:
+        try:
+            return await self._timed(method, call)
+        except SlackApiError as exc:
+            error = str(exc.response.get("error"))
+            detail = f"{method}: {error}"
+            if exc.response.status_code == 429:
+                wait = _retry_after(exc.response.headers)
+                raise errors.SlackRateLimited(detail, retry_after=wait) from None
+            if error == STREAM_CLOSED:
+                raise errors.StreamClosed(detail) from None
+            if method == "chat.startStream" and (error in STREAM_REFUSALS or exc.response.status_code < 500):
+                raise errors.StreamRefused(detail) from None
+            failure = errors.SlackDeliveryFailed(detail)
+            failure.retryable = error not in FINAL_ERRORS
+            raise failure from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise errors.SlackDeliveryFailed(f"{method}: {type(exc).__name__}") from None
 
     async def find_post(self, place: Place, *, delivery_key: str, oldest: str) -> str | None:
         """The ts of an earlier post tagged `delivery_key` (a crash may have hidden its success)."""
@@ -240,7 +410,7 @@ class SlackGateway:
         shares = (response.get("file") or {}).get("shares") or {}
         return any(channel_id in (shares.get(kind) or {}) for kind in ("public", "private"))
 
-    async def file_info(self, file_id: str, *, name: str) -> dict[str, Any]:
+    async def file_info(self, file_id: str, *, name: str) -> SlackFile:
         """The full file object; retried briefly while Slack is still processing the upload."""
         for pause in (*FILE_INFO_BACKOFF, None):
             try:
@@ -251,8 +421,9 @@ class SlackGateway:
                     f"files.info: {exc.response.get('error')}", name=name
                 ) from None
             file: dict[str, Any] = response.get("file") or {}
-            if file.get("url_private_download") or file.get("url_private"):
-                return file
+            url = file.get("url_private_download") or file.get("url_private")
+            if url:
+                return SlackFile(id=file_id, download_url=str(url), meta=file)
             if pause is not None:
                 await asyncio.sleep(pause)
         raise errors.FileDownloadFailed("files.info never returned a download URL", name=name)
@@ -308,7 +479,10 @@ class SlackGateway:
     async def _show_status(self, place: Place, status: str, *, message_ts: str) -> None:
         if place.thread_ts:
             await self.client.assistant_threads_setStatus(
-                channel_id=place.channel_id, thread_ts=place.thread_ts, status=status
+                channel_id=place.channel_id,
+                thread_ts=place.thread_ts,
+                status=status,
+                loading_messages=list(LOADING_MESSAGES) if status else None,
             )
         elif status:
             await self.client.reactions_add(channel=place.channel_id, timestamp=message_ts, name="eyes")
@@ -430,6 +604,20 @@ def _pacer_of(client: AsyncWebClient) -> Pacer | None:
         if isinstance(handler, SharedRateLimitHandler):
             return handler.pacer
     return None
+
+
+def _chunks(markdown_text: str, chunks: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = [{"type": "markdown_text", "text": markdown_text}] if markdown_text else []
+    return [*out, *chunks]
+
+
+def _retry_after(headers: Any) -> float:
+    values: Any = (headers.get("Retry-After") or headers.get("retry-after")) if headers else None
+    value: Any = values[0] if isinstance(values, list) and values else values
+    try:
+        return max(0.0, float(value))
+    except (TypeError, ValueError):
+        return 1.0
 
 
 def _is_processed(file: dict[str, Any]) -> bool:

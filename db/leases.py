@@ -15,10 +15,20 @@ from sqlalchemy import and_, exists, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import aliased
 
-from db.models import Run
+from db.models import Run, RunStatus
 
 #: Statuses of a run that still needs a worker.
-ACTIVE_STATUSES = ("queued", "creating", "unknown", "polling", "replying")
+ACTIVE_STATUSES = tuple(
+    str(status)
+    for status in (
+        RunStatus.QUEUED,
+        RunStatus.CREATING,
+        RunStatus.UNKNOWN,
+        RunStatus.STREAMING,
+        RunStatus.POLLING,
+        RunStatus.REPLYING,
+    )
+)
 _LOCK_KEY = "hashtextextended(:owner, 0)"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, ClassVar
 
 from sqlalchemy import (
@@ -54,6 +55,39 @@ NAMING = {
 }
 
 
+#: The profile of a thread that chose none: the math tutor (seeded by the first migration).
+DEFAULT_PROFILE = "math"
+
+
+class RunKind(StrEnum):
+    #: A question for the model.
+    ANSWER = "answer"
+    #: Ask whether to analyse a shared file.
+    OFFER = "offer"
+    #: "Start over": forget the thread's conversation and files.
+    RESET = "reset"
+    #: "Show work": the code an earlier answer ran, shown to the person who asked.
+    WORK = "work"
+    #: Index files into the channel's library (bot.library).
+    LIBRARY = "library"
+
+
+class RunStatus(StrEnum):
+    QUEUED = "queued"
+    #: The create was sent; its outcome is not known yet.
+    CREATING = "creating"
+    #: The create's outcome could not be seen (a timeout, a 5xx): look for its answer.
+    UNKNOWN = "unknown"
+    #: The response exists and its events are being relayed into Slack.
+    STREAMING = "streaming"
+    #: The response exists and is polled (its stream broke down repeatedly).
+    POLLING = "polling"
+    #: The response is finished; the answer is being delivered.
+    REPLYING = "replying"
+    DONE = "done"
+    FAILED = "failed"
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
     type_annotation_map: ClassVar[dict[Any, Any]] = {
@@ -99,7 +133,7 @@ class TutorThread(Base):
 
 
 #: The predicates of the partial indexes on runs (migration 0006).
-_ACTIVE = text("status IN ('queued', 'creating', 'unknown', 'polling', 'replying')")
+_ACTIVE = text("status IN ('queued', 'creating', 'unknown', 'streaming', 'polling', 'replying')")
 _FINISHED = text("finished_at IS NOT NULL")
 
 
@@ -131,13 +165,13 @@ class Run(Base):
     user_id: Mapped[str] = mapped_column(String(32))
     text: Mapped[str] = mapped_column(Text)
     event_id: Mapped[str | None] = mapped_column(String(64))
-    #: "answer" (a model run), "offer" (ask whether to analyse a shared file), "reset", or
-    #: "library" (index files into the channel's library, bot.library).
-    kind: Mapped[str] = mapped_column(String(16), default="answer", server_default="answer")
+    #: A RunKind. For WORK, `text` holds the run_uuid of the answer whose work is shown.
+    kind: Mapped[str] = mapped_column(String(16), default=RunKind.ANSWER, server_default="answer")
     #: Overrides the thread's profile for this run (file analyses use the data visualizer).
     profile_id: Mapped[int | None] = mapped_column(ForeignKey("profiles.id"))
 
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    #: A RunStatus.
+    status: Mapped[str] = mapped_column(String(16), default=RunStatus.QUEUED)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
     lease_owner: Mapped[str | None] = mapped_column(String(64))
@@ -149,6 +183,13 @@ class Run(Base):
     failing_since: Mapped[datetime | None]
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
+    #: The live answer: the last relayed event's sequence_number (resume after it), the Slack
+    #: messages the answer streams into (ts, in order; the last is the one growing), how it is
+    #: shown (a LiveMode) and how many characters the last message holds. Saved in batches.
+    stream_seq: Mapped[int | None] = mapped_column(Integer)
+    stream_messages: Mapped[list[str] | None] = mapped_column(default=list)
+    stream_mode: Mapped[str | None] = mapped_column(String(16))
+    stream_chars: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
 

@@ -18,6 +18,7 @@ from db.models import (
     LibraryRequest,
     Profile,
     Run,
+    RunStatus,
     ThreadFile,
     TutorThread,
     VectorStore,
@@ -229,10 +230,14 @@ async def note_delivery_file(session: AsyncSession, *, delivery_id: int, file_id
     await session.execute(update(Delivery).where(Delivery.id == delivery_id).values(slack_file_id=file_id))
 
 
-async def finish_delivery(session: AsyncSession, *, delivery_id: int, file_id: str | None = None) -> None:
+async def finish_delivery(
+    session: AsyncSession, *, delivery_id: int, file_id: str | None = None, slack_ts: str | None = None
+) -> None:
     values: dict[str, Any] = {"state": "done"}
     if file_id:
         values["slack_file_id"] = file_id
+    if slack_ts:
+        values["slack_ts"] = slack_ts
     await session.execute(update(Delivery).where(Delivery.id == delivery_id).values(**values))
 
 
@@ -475,3 +480,171 @@ async def take_library_request(
 async def queue_cleanup(session: AsyncSession, *, kind: str, object_id: str) -> None:
     """An OpenAI object to delete in the clean-up loop (retried until OpenAI says it is gone)."""
     session.add(Cleanup(kind=kind, object_id=object_id))
+
+
+# Run transitions. Each is checked against the lease: it changes the run only while `owner`
+# holds it, says whether it did, and then mirrors the change on the `run` object. Those that end
+# a step release the lease (the next step may be taken by any worker).
+
+
+async def _leased(
+    session: AsyncSession, run: Run, *, owner: str, release: bool, values: dict[str, object]
+) -> bool:
+    if release:
+        values = {**values, "lease_owner": None, "lease_expires_at": None}
+    result = await session.execute(
+        update(Run)
+        .where(Run.id == run.id, Run.lease_owner == owner)
+        .values(values)
+        .execution_options(synchronize_session=False)
+    )
+    if getattr(result, "rowcount", 0) != 1:
+        return False
+    for key, value in values.items():
+        setattr(run, key, value)
+    return True
+
+
+async def note_status_shown(session: AsyncSession, run: Run, *, owner: str, at: datetime) -> bool:
+    return await _leased(session, run, owner=owner, release=False, values={"status_shown_at": at})
+
+
+async def mark_creating(session: AsyncSession, run: Run, *, owner: str, started_at: datetime) -> bool:
+    """The intent, recorded before the create: from here a crash means "look for its answer"."""
+    values: dict[str, object] = {"status": RunStatus.CREATING, "create_started_at": started_at}
+    return await _leased(session, run, owner=owner, release=False, values=values)
+
+
+async def requeue(session: AsyncSession, run: Run, *, owner: str) -> bool:
+    """The create was refused: no response exists, so it can be sent again."""
+    return await _leased(session, run, owner=owner, release=False, values={"status": RunStatus.QUEUED})
+
+
+async def mark_streaming(session: AsyncSession, run: Run, *, owner: str, response_id: str) -> bool:
+    """The response exists (its first event named it): from here it is resumed, never re-created."""
+    values: dict[str, object] = {
+        "status": RunStatus.STREAMING,
+        "response_id": response_id,
+        "attempts": 0,
+        "failing_since": None,
+    }
+    return await _leased(session, run, owner=owner, release=False, values=values)
+
+
+async def save_stream(
+    session: AsyncSession,
+    run: Run,
+    *,
+    owner: str,
+    seq: int | None,
+    messages: list[str],
+    mode: str | None,
+    chars: int,
+) -> bool:
+    """Where the live answer is: after which event to resume, and which Slack messages it fills."""
+    values: dict[str, object] = {
+        "stream_seq": seq,
+        "stream_messages": list(messages),
+        "stream_mode": mode,
+        "stream_chars": chars,
+    }
+    return await _leased(session, run, owner=owner, release=False, values=values)
+
+
+async def mark_polling(
+    session: AsyncSession, run: Run, *, owner: str, response_id: str, next_at: datetime
+) -> bool:
+    """Follow the response by polling (a create without a stream, or a stream that kept breaking)."""
+    values: dict[str, object] = {
+        "status": RunStatus.POLLING,
+        "response_id": response_id,
+        "attempts": 0,
+        "failing_since": None,
+        "next_attempt_at": next_at,
+    }
+    return await _leased(session, run, owner=owner, release=True, values=values)
+
+
+async def poll_later(session: AsyncSession, run: Run, *, owner: str, next_at: datetime) -> bool:
+    values: dict[str, object] = {"next_attempt_at": next_at}
+    if run.attempts:
+        values.update(attempts=0, failing_since=None)
+    return await _leased(session, run, owner=owner, release=True, values=values)
+
+
+async def mark_replying(session: AsyncSession, run: Run, *, owner: str) -> bool:
+    """The response is over: its answer is delivered next (by this worker, lease kept)."""
+    values: dict[str, object] = {"status": RunStatus.REPLYING, "attempts": 0, "failing_since": None}
+    return await _leased(session, run, owner=owner, release=False, values=values)
+
+
+async def fail_run(session: AsyncSession, run: Run, *, owner: str, code: str, message: str) -> bool:
+    """The run failed: the sentence for `code` is delivered next, by any worker."""
+    values: dict[str, object] = {
+        "status": RunStatus.REPLYING,
+        "attempts": 0,
+        "failing_since": None,
+        "error_code": code,
+        "error_message": message,
+        "next_attempt_at": utcnow(),
+    }
+    return await _leased(session, run, owner=owner, release=True, values=values)
+
+
+async def finish_run(
+    session: AsyncSession, run: Run, *, owner: str, failed: bool, code: str | None = None
+) -> bool:
+    values: dict[str, object] = {
+        "status": RunStatus.FAILED if failed else RunStatus.DONE,
+        "finished_at": utcnow(),
+    }
+    if code is not None:
+        values["error_code"] = code
+    return await _leased(session, run, owner=owner, release=True, values=values)
+
+
+async def retry_later(
+    session: AsyncSession,
+    run: Run,
+    *,
+    owner: str,
+    status: str,
+    next_at: datetime,
+    attempts: int,
+    failing_since: datetime,
+) -> bool:
+    """The step failed in a way that can pass: try it again at `next_at`."""
+    values: dict[str, object] = {
+        "status": status,
+        "next_attempt_at": next_at,
+        "attempts": attempts,
+        "failing_since": failing_since,
+    }
+    return await _leased(session, run, owner=owner, release=True, values=values)
+
+
+async def finish_cleanup(session: AsyncSession, *, cleanup_id: int) -> None:
+    await session.execute(
+        update(Cleanup).where(Cleanup.id == cleanup_id).values(done_at=utcnow(), last_error=None)
+    )
+
+
+async def retry_cleanup(session: AsyncSession, *, cleanup_id: int, error: str, next_at: datetime) -> None:
+    await session.execute(
+        update(Cleanup).where(Cleanup.id == cleanup_id).values(last_error=error, next_attempt_at=next_at)
+    )
+
+
+async def run_by_uuid(session: AsyncSession, *, team_id: str, channel_id: str, run_uuid: str) -> Run | None:
+    return await session.scalar(
+        select(Run).where(Run.run_uuid == run_uuid, Run.team_id == team_id, Run.channel_id == channel_id)
+    )
+
+
+async def profile_or_default(session: AsyncSession, *, profile_id: int | None, default_slug: str) -> Profile:
+    """That profile, or the default one."""
+    profile = await session.get(Profile, profile_id) if profile_id else None
+    profile = profile or await get_profile(session, slug=default_slug)
+    if profile is None:
+        raise RuntimeError("no tutor profile: run `slack-tutor migrate`")
+    return profile

@@ -226,6 +226,7 @@ async def test_status_is_refreshed_on_a_long_run(start_bot: BotFactory, monkeypa
     monkeypatch.setattr(poller, "STATUS_REFRESH", poller.timedelta(seconds=0.3))  # type: ignore[attr-defined]
     bot = await start_bot()
     bot.openai.latency = 1.2
+    bot.openai.stream_span = 0.1  # thinks for 1.1 s before the first words
     ts = await _ask(bot, "A long computation")
     statuses = [
         c.args["status"] for c in bot.slack.calls("assistant.threads.setStatus") if c.args["thread_ts"] == ts

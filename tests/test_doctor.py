@@ -261,7 +261,9 @@ async def test_an_unreachable_database_is_one_sentence(
     tmp_path: Path, fake_slack: FakeSlack, fake_openai: FakeOpenAI
 ) -> None:
     port = _free_port()
-    env = process_env(fake_slack, fake_openai, DATABASE_URL=f"postgres://tutor:pw-s3cret@127.0.0.1:{port}/tutor")
+    env = process_env(
+        fake_slack, fake_openai, DATABASE_URL=f"postgres://tutor:pw-s3cret@127.0.0.1:{port}/tutor"
+    )
     code, out, err = await _doctor(tmp_path, env, process=True)
     assert code == 1
     database = _line(out, "database")

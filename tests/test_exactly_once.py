@@ -59,6 +59,7 @@ async def spawn_worker(
 
 async def test_post_whose_success_was_lost_is_not_posted_again(start_bot: BotFactory) -> None:
     bot = await start_bot()
+    bot.slack.refuse_streams = "channel_type_not_supported"  # the answer is posted, then edited
     # Slack posts the message but the answer is a 500: the bot can't know it landed.
     bot.slack.fail_next("chat.postMessage", status=500, body=INTERNAL_ERROR, after_handling=True)
     ts = new_ts()
@@ -104,6 +105,7 @@ async def test_worker_killed_after_posting_before_recording_answers_once(
     start_bot: BotFactory, spawn_worker: Any
 ) -> None:
     web = await start_bot(with_worker=False)
+    web.slack.refuse_streams = "channel_type_not_supported"  # the answer is posted, then edited
     # The post reaches Slack, but Slack's answer is slow: the worker dies waiting for it.
     web.slack.delay_next("chat.postMessage", 1.0)
     worker = await spawn_worker()
@@ -112,13 +114,14 @@ async def test_worker_killed_after_posting_before_recording_answers_once(
     await wait_for(lambda: web.slack.calls("chat.postMessage"), timeout=15, message="worker never posted")
     worker.send_signal(signal.SIGKILL)
     await worker.wait()
-    await wait_for(lambda: web.slack.messages(CHANNEL, ts), message="the slow post never landed")
+    await wait_for(lambda: web.slack.messages(CHANNEL, ts, live=True), message="the slow post never landed")
     (run,) = await web.runs()
     assert run.status == "replying" and run.lease_owner is not None  # still leased by the dead worker
 
     await start_bot(with_worker=True)
     await web.wait_runs_finished(1, within=15)
-    assert len(web.slack.messages(CHANNEL, ts)) == 1
+    assert len(web.slack.messages(CHANNEL, ts, live=True)) == 1
+    assert "3x = 3" in web.slack.messages(CHANNEL, ts)[0]["text"]
     assert len(web.slack.calls("chat.postMessage")) == 1
     assert len(web.openai.calls("POST /v1/responses$")) == 1
 

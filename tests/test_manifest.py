@@ -410,6 +410,12 @@ def test_every_request_url_is_the_events_endpoint(
 #: Bot scopes each Web API method bot/slack_api.py calls needs (docs.slack.dev/reference/methods).
 METHOD_SCOPES: dict[str, set[str]] = {
     "chat_postMessage": {"chat:write"},
+    "chat_update": {"chat:write"},
+    "chat_delete": {"chat:write"},
+    "chat_postEphemeral": {"chat:write"},
+    "chat_startStream": {"chat:write"},
+    "chat_appendStream": {"chat:write"},
+    "chat_stopStream": {"chat:write"},
     "chat_getPermalink": set(),
     "conversations_replies": {"channels:history", "groups:history", "im:history", "mpim:history"},
     "conversations_history": {"channels:history", "groups:history", "im:history", "mpim:history"},

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from bot.formatting import DisplayMath, escape_mrkdwn, format_answer, format_reply
-from bot.tutor import build_instructions
+from bot.prepare import build_instructions
 from db.models import Profile
 
 

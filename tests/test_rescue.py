@@ -38,7 +38,6 @@ ANSWER_WAIT = 40.0
 STARTUP_WITHIN = 30.0
 MODEL_THINKS = 4.0
 #: The first poll of the response hangs this long at the fake OpenAI: the worker is mid-step.
-HUNG_POLL = 20.0
 RETRIEVE = "GET /v1/responses/"
 CREATE = "POST /v1/responses$"
 
@@ -259,22 +258,32 @@ async def runs_table(backend_url: str) -> AsyncIterator[RunsTable]:
     await table.dispose()
 
 
-async def ask_and_hold_poll(
-    processes: Processes, web: BotProcess, openai: FakeOpenAI, text: str, *, hold: float = HUNG_POLL
+async def ask_and_hold_stream(
+    processes: Processes, web: BotProcess, openai: FakeOpenAI, text: str, *, thinks: float = MODEL_THINKS
 ) -> str:
-    """Ask a question; return its ts once a worker is inside its first poll of the response."""
-    openai.latency = MODEL_THINKS
-    openai.delay_next(RETRIEVE, hold)
+    """Ask a question; return its ts once a worker is following the response's event stream
+    (the create's stream is open) while the model still thinks."""
+    openai.latency = thinks
     ts = new_ts()
     assert await processes.send(web, as_json(mention(text, ts=ts))) == 200
     await wait_for(lambda: openai.responses, timeout=15, message="the response was never created")
     await wait_for(
-        lambda: [r for r in openai.calls(RETRIEVE) if r.status is None],
+        lambda: [r for r in openai.calls(CREATE) if r.status is None],
         timeout=10,
-        message="no worker polled the response",
+        message="no worker is following the response's stream",
     )
     assert not any(state.terminal for state in openai.responses.values()), "the model is still thinking"
     return ts
+
+
+async def wait_streaming(runs_table: RunsTable, ts: str) -> RunRow:
+    """The run once its worker has stored the response id from the stream's first event."""
+
+    async def streaming() -> RunRow | None:
+        run = await runs_table.of(ts)
+        return run if run.status == "streaming" else None
+
+    return await wait_for(streaming, timeout=10, message="the run never started streaming")
 
 
 async def time_to_answer(slack: FakeSlack, ts: str, since: float) -> float:
@@ -285,9 +294,12 @@ async def time_to_answer(slack: FakeSlack, ts: str, since: float) -> float:
 
 
 def assert_answered_once(slack: FakeSlack, openai: FakeOpenAI, ts: str) -> None:
+    """One answer message (streamed, or posted), settled, and one create."""
     posts = [c for c in slack.calls("chat.postMessage") if c.args.get("thread_ts") == ts]
-    assert len(slack.messages(CHANNEL, ts)) == 1, slack.messages(CHANNEL, ts)
-    assert len(posts) == 1, [p.args.get("text") for p in posts]
+    streams = [c for c in slack.calls("chat.startStream") if c.args.get("thread_ts") == ts]
+    assert len(slack.messages(CHANNEL, ts, live=True)) == 1, slack.messages(CHANNEL, ts, live=True)
+    assert len(slack.messages(CHANNEL, ts)) == 1, "the answer was left half-written"
+    assert len(posts) + len(streams) == 1, [p.args.get("text") for p in posts]
     assert len(openai.calls(CREATE)) == 1, "a second response was created for the same question"
 
 
@@ -300,9 +312,9 @@ async def test_killed_process_resumes_within_5s_of_restart(
 ) -> None:
     port = free_port()
     first = await processes.start_web("run", backend_url, port=port)
-    ts = await ask_and_hold_poll(processes, first, fake_openai, "What is 3 + 4?")
-    run = await runs_table.of(ts)
-    assert run.status == "polling" and lease_pid(run.lease_owner) == first.pid, run
+    ts = await ask_and_hold_stream(processes, first, fake_openai, "What is 3 + 4?")
+    run = await wait_streaming(runs_table, ts)
+    assert run.status == "streaming" and lease_pid(run.lease_owner) == first.pid, run
 
     await first.kill()
     killed_at = time.monotonic()
@@ -326,8 +338,8 @@ async def test_sigterm_exits_promptly_and_restart_resumes_within_5s(
     try:
         port = free_port()
         first = await processes.start_web("run", sqlite_url, port=port)
-        ts = await ask_and_hold_poll(processes, first, fake_openai, "What is 12 / 4?")
-        assert lease_pid((await runs_table.of(ts)).lease_owner) == first.pid
+        ts = await ask_and_hold_stream(processes, first, fake_openai, "What is 12 / 4?")
+        assert lease_pid((await wait_streaming(runs_table, ts)).lease_owner) == first.pid
 
         first.process.send_signal(signal.SIGTERM)
         stopping = time.monotonic()
@@ -366,8 +378,8 @@ async def test_dead_worker_is_rescued_by_the_live_one_within_5s(
     try:
         web = await processes.start_web("web", postgres_url)
         workers = await asyncio.gather(*(start_worker(processes, postgres_url) for _ in range(2)))
-        ts = await ask_and_hold_poll(processes, web, fake_openai, "What is 9 - 2?")
-        owner = (await runs_table.of(ts)).lease_owner
+        ts = await ask_and_hold_stream(processes, web, fake_openai, "What is 9 - 2?")
+        owner = (await wait_streaming(runs_table, ts)).lease_owner
         holders = [w for w in workers if w.pid == lease_pid(owner)]
         assert len(holders) == 1, f"lease owner {owner!r} is neither worker {[w.pid for w in workers]}"
         (holder,) = holders
@@ -393,20 +405,21 @@ async def test_live_slow_worker_keeps_its_run(
     runs_table = RunsTable(postgres_url)
     try:
         web = await processes.start_web("web", postgres_url)
-        # Its poll hangs until the watch below is over, however long the second worker takes to start.
+        # Its model thinks until the watch below is over, however long the second worker takes to start.
         slow = await start_worker(processes, postgres_url, TUTOR_OPENAI_TIMEOUT="120")
-        ts = await ask_and_hold_poll(processes, web, fake_openai, "What is 5 * 6?", hold=90.0)
-        assert lease_pid((await runs_table.of(ts)).lease_owner) == slow.pid
+        ts = await ask_and_hold_stream(processes, web, fake_openai, "What is 5 * 6?", thinks=3600.0)
+        assert lease_pid((await wait_streaming(runs_table, ts)).lease_owner) == slow.pid
         await start_worker(processes, postgres_url)
 
         # Longer than any rescue may take: the live worker's run must stay its own throughout.
         watch_until = time.monotonic() + RESCUE_WITHIN + 1
         while time.monotonic() < watch_until:
             run = await runs_table.of(ts)
-            assert run.status == "polling" and lease_pid(run.lease_owner) == slow.pid, run
-            assert len(fake_openai.calls(RETRIEVE)) == 1, "another worker polled the live worker's run"
+            assert run.status == "streaming" and lease_pid(run.lease_owner) == slow.pid, run
+            assert not fake_openai.calls(RETRIEVE), "another worker picked up the live worker's run"
             await asyncio.sleep(0.2)
-        fake_openai.release_delays()
+        (response_id,) = fake_openai.responses
+        fake_openai.complete(response_id)
 
         await time_to_answer(fake_slack, ts, time.monotonic())
         await runs_table.wait_finished(1)

@@ -16,14 +16,19 @@ from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_bolt.context.respond.async_respond import AsyncRespond
 
 from bot.handlers.events import CHANNEL_ID, TEAM_ID, TS, USER_ID
-from bot.library import CLEAR_ACTION as LIBRARY_CLEAR
-from bot.library import KEEP_ACTION as LIBRARY_KEEP
-from bot.reply import ANALYSE_ACTION, START_OVER_ACTION
 from bot.tutor import Tutor
+from bot.ui import (
+    ANALYSE_ACTION,
+    LIBRARY_CLEAR_ACTION,
+    LIBRARY_KEEP_ACTION,
+    RESET_SHORTCUT,
+    SHOW_WORK_ACTION,
+    START_OVER_ACTION,
+    ThreadButton,
+    WorkButton,
+)
 
 log = logging.getLogger(__name__)
-
-RESET_SHORTCUT = "tutor_reset_thread"
 
 
 @dataclass(frozen=True)
@@ -81,7 +86,9 @@ def clicked(body: dict[str, Any], action: dict[str, Any]) -> Clicked | None:
         return None
     where = Clicked(_team(body), channel, thread_key(channel, message_ts, thread_ts), message_ts, _user(body))
     hint = _str(action, "value")
-    if hint and hint != f"{where.channel_id}:{where.thread_key}":
+    if _str(action, "action_id") == SHOW_WORK_ACTION:
+        return where  # its value names an answer, checked by the use case
+    if hint and ThreadButton.decode(hint) != ThreadButton(where.channel_id, where.thread_key):
         log.warning(
             "%s pressed in %s/%s carries the value %r for another thread; acting where it was pressed",
             _str(action, "action_id"),
@@ -124,6 +131,24 @@ def register(app: AsyncApp, tutor: Tutor) -> None:
             )
         await ack()
 
+    async def show_work(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any]) -> None:
+        where = clicked(body, action)
+        answer = WorkButton.decode(_str(action, "value"))
+        press_ts = _str(action, "action_ts")
+        if where is not None and answer is not None and TS.fullmatch(press_ts):
+            await tutor.request_work(
+                team_id=where.team_id,
+                channel_id=where.channel_id,
+                thread_key=where.thread_key,
+                user_id=where.user_id,
+                # Each press shows the work again (to whoever pressed).
+                key_ts=press_ts,
+                answer_run=answer.run_uuid,
+            )
+        elif where is not None:
+            log.warning("ignored a %s press without an answer or press time", SHOW_WORK_ACTION)
+        await ack()
+
     async def reset_here(ack: AsyncAck, shortcut: dict[str, Any], respond: AsyncRespond) -> None:
         channel_id = _str(shortcut, "channel", "id")
         message_ts = _str(shortcut, "message", "ts")
@@ -156,7 +181,7 @@ def register(app: AsyncApp, tutor: Tutor) -> None:
         channel_id = _str(body, "channel", "id") or _str(body, "container", "channel_id")
         team_id = _team(body)
         if not (CHANNEL_ID.fullmatch(channel_id) and team_id and _str(action, "value") == channel_id):
-            log.warning("ignored a %s press without its channel", LIBRARY_CLEAR)
+            log.warning("ignored a %s press without its channel", LIBRARY_CLEAR_ACTION)
             await ack()
             return
         count = await tutor.library.clear(team_id=team_id, channel_id=channel_id)
@@ -169,8 +194,9 @@ def register(app: AsyncApp, tutor: Tutor) -> None:
         await ack()
         await respond(replace_original=True, text="The library stays as it is.")
 
-    app.action(LIBRARY_CLEAR)(library_clear)
-    app.action(LIBRARY_KEEP)(library_keep)
+    app.action(LIBRARY_CLEAR_ACTION)(library_clear)
+    app.action(LIBRARY_KEEP_ACTION)(library_keep)
     app.action(ANALYSE_ACTION)(analyse)
     app.action(START_OVER_ACTION)(start_over)
+    app.action(SHOW_WORK_ACTION)(show_work)
     app.shortcut(RESET_SHORTCUT)(reset_here)

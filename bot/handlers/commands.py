@@ -14,8 +14,9 @@ from slack_bolt.context.ack.async_ack import AsyncAck
 
 from bot.formatting import escape_mrkdwn
 from bot.handlers.events import CHANNEL_ID, TEAM_ID, database_down
-from bot.library import STATUS_WORDS, LibraryListing, clear_confirmation
+from bot.library import STATUS_WORDS, LibraryListing
 from bot.tutor import Tutor
+from bot.ui import library_clear_confirmation
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +170,7 @@ async def _library(tutor: Tutor, where: dict[str, str], rest: str) -> str | dict
         count = len((await tutor.library.listing(**channel)).entries)
         if not count:
             return "This channel's library is already empty."
-        return clear_confirmation(where["channel_id"], count)
+        return library_clear_confirmation(where["channel_id"], count)
     if sub:
         return LIBRARY_USAGE
     return library_text(await tutor.library.listing(**channel))

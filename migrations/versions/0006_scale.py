@@ -25,7 +25,7 @@ down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-ACTIVE = "status IN ('queued', 'creating', 'unknown', 'polling', 'replying')"
+ACTIVE = "status IN ('queued', 'creating', 'unknown', 'streaming', 'polling', 'replying')"
 FINISHED = "finished_at IS NOT NULL"
 
 NOTIFY_FUNCTION = """

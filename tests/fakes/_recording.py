@@ -55,6 +55,9 @@ class RecordedRequest:
     #: ``args`` decodes them.
     json_string_keys: frozenset[str] = frozenset()
     received_at: float = field(default_factory=time.time)
+    #: Its answer will be replaced by a ``fail_next(after_handling=True)`` fault: a handler that
+    #: would stream answers at once instead (the client sees only the fault).
+    faulted: bool = False
 
     @property
     def args(self) -> dict[str, Any]:
@@ -327,6 +330,7 @@ class FakeServer:
                 async with asyncio.timeout(delay):
                     await self._release.wait()
         fault = self._take_fault(rec)
+        rec.faulted = fault is not None
         if fault is not None and not fault.after_handling:
             rec.status = fault.status
             return fault.response()

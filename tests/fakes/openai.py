@@ -23,11 +23,21 @@ looked at (retrieved or listed) ``fake.index_polls`` times, then ``completed``, 
 scripts a model that answers from the text of the ``input_file`` documents it is shown and the
 indexed files of its ``file_search`` stores (a PDF's text is read from its content streams), and
 cites a searched file with a ``file_citation`` annotation.
+
+Streaming (``stream: true`` on the create): the answer is Server-Sent Events, each with a
+``sequence_number``, as the real API sends them: ``response.created`` and ``response.in_progress``
+at once, then, ``fake.latency`` seconds after the create, the work (a ``code_interpreter_call``
+with its code and logs) and the text as word deltas spread over the last ``fake.stream_span``
+seconds, then ``response.completed`` (or ``.failed`` / ``.incomplete``) with the full response.
+``GET /v1/responses/{id}?stream=true&starting_after=N`` replays the events after N and goes on
+live. ``fake.cut_streams(after=K)`` closes the next stream's connection after K events (a dropped
+connection); ``complete(id)`` finishes a streamed response at once too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json as jsonlib
 import re
@@ -282,6 +292,17 @@ class ResponseState:
     body: dict[str, Any]
     retrieves: int = 0
     deleted: bool = False
+    #: Created with stream=true: its events can be streamed (again).
+    streamed: bool = False
+    events: list[dict[str, Any]] = field(default_factory=list)
+    #: Set (and replaced) whenever an event is added, so live streams wake up.
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The terminal event was sent: streams end after it.
+    ended: bool = False
+    #: Set by complete(): the remaining events come at once.
+    hurry: asyncio.Event = field(default_factory=asyncio.Event)
+    #: A streamed response's final body while its events are still being sent.
+    final: dict[str, Any] | None = None
 
     @property
     def status(self) -> str:
@@ -428,7 +449,11 @@ class FakeOpenAI(FakeServer):
         #: Filenames whose indexing fails (``unsupported_file``).
         self.unindexable: set[str] = set()
         self._batches: dict[str, tuple[str, list[str]]] = {}
+        #: Seconds (at the end of ``latency``) over which a streamed answer's text deltas spread.
+        self.stream_span = 1.0
         self._queue: list[Turn] = []
+        self._cuts: list[int] = []
+        self._players: set[asyncio.Task[None]] = set()
 
     @property
     def base_url(self) -> str:
@@ -459,6 +484,28 @@ class FakeOpenAI(FakeServer):
             return self.script(request_json)
         return Turn()
 
+    async def close(self) -> None:
+        for player in list(self._players):
+            player.cancel()
+        await asyncio.gather(*self._players, return_exceptions=True)
+        await super().close()
+
+    def cut_streams(self, *, after: int, times: int = 1) -> None:
+        """Close the next ``times`` event streams after ``after`` events, mid-answer."""
+        self._cuts.extend([after] * times)
+
+    def creates(self) -> list[RecordedRequest]:
+        """Every ``POST /v1/responses`` (creates only, not cancels)."""
+        return self.calls("POST /v1/responses$")
+
+    def resumes(self) -> list[RecordedRequest]:
+        """Every ``GET /v1/responses/{id}?stream=true`` (a stream picked up again)."""
+        return [r for r in self.calls("GET /v1/responses/") if r.query.get("stream") == "true"]
+
+    def polls(self) -> list[RecordedRequest]:
+        """Every plain retrieve (no stream)."""
+        return [r for r in self.calls("GET /v1/responses/") if r.query.get("stream") != "true"]
+
     def expire_container(self, container_id: str) -> None:
         """Mark a container expired: retrieve shows status "expired", using it fails."""
         container = self.containers[container_id]
@@ -468,8 +515,12 @@ class FakeOpenAI(FakeServer):
     def complete(self, response_id: str) -> dict[str, Any]:
         """Finish a response now (as if the model was done); returns its wire object."""
         state = self.responses[response_id]
-        if not state.terminal:
+        if state.final is not None and not state.terminal:
+            state.body = state.final
+            self._append_turn(state, state.body["output"])
+        elif not state.terminal:
             self._finish(state)
+        state.hurry.set()
         return copy.deepcopy(state.body)
 
     def active_response(self, conversation_id: str) -> ResponseState | None:
@@ -1091,6 +1142,14 @@ class FakeOpenAI(FakeServer):
         )
         state.body = _queued_body(state.id, cid, body)
         self.responses[state.id] = state
+        if body.get("stream") is True:
+            state.streamed = True
+            player = asyncio.create_task(self._play(state, self.latency))
+            self._players.add(player)
+            player.add_done_callback(self._players.discard)
+            if recorded(request).faulted:  # the client sees the fault, not the stream
+                return web.json_response(self._render(state, set()))
+            return await self._stream(request, state, after=-1)
         if 0 < self.latency < 600:
             asyncio.get_running_loop().call_later(self.latency, self._finish_by_itself, state)
         return web.json_response(self._render(state, _include_of(recorded(request))))
@@ -1112,8 +1171,20 @@ class FakeOpenAI(FakeServer):
         state = self._response(request)
         if isinstance(state, web.Response):
             return state
+        query = recorded(request).query
+        if query.get("stream") == "true":
+            if not state.streamed:
+                return _error(400, "Only responses created with stream=true can be streamed.", param="stream")
+            try:
+                after = int(query.get("starting_after", "-1"))
+            except ValueError:
+                return _error(400, "Invalid 'starting_after'.", param="starting_after")
+            return await self._stream(request, state, after=after)
         state.retrieves += 1
-        if not state.terminal:
+        if state.streamed:
+            if not state.terminal:
+                state.body["status"] = "in_progress"
+        elif not state.terminal:
             elapsed = time.monotonic() - state.created_monotonic
             if state.retrieves > 1 and elapsed >= self.latency:
                 self._finish(state)
@@ -1135,6 +1206,138 @@ class FakeOpenAI(FakeServer):
             return state
         state.deleted = True
         return web.json_response({"id": state.id, "object": "response.deleted", "deleted": True})
+
+    # -- Streaming ---------------------------------------------------------------------------
+
+    async def _stream(self, request: web.Request, state: ResponseState, *, after: int) -> web.StreamResponse:
+        """Server-Sent Events: those after ``after``, then live ones until the terminal event."""
+        response = web.StreamResponse(
+            status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        cut = self._cuts.pop(0) if self._cuts else None
+        sent, index = 0, after + 1
+        while True:
+            changed = state.changed
+            # What is there goes out in one write: a model that answers at once sends one burst.
+            burst = []
+            while index < len(state.events) and (cut is None or sent < cut):
+                event = state.events[index]
+                burst.append(f"event: {event['type']}\ndata: {jsonlib.dumps(event)}\n\n")
+                index += 1
+                sent += 1
+            try:
+                if burst:
+                    await response.write("".join(burst).encode())
+            except ConnectionResetError:
+                return response  # the client went away
+            if cut is not None and sent >= cut:
+                assert request.transport is not None
+                request.transport.close()  # the connection drops mid-answer
+                return response
+            if state.ended or state.deleted:
+                break
+            await changed.wait()
+        with contextlib.suppress(ConnectionResetError):
+            await response.write_eof()
+        return response
+
+    def _emit(self, state: ResponseState, type_: str, **fields: Any) -> None:
+        state.events.append({"type": type_, "sequence_number": len(state.events), **fields})
+        changed, state.changed = state.changed, asyncio.Event()
+        changed.set()
+
+    async def _until(self, state: ResponseState, at: float) -> None:
+        """Wait until monotonic time ``at``, or less if complete() hurries the response on."""
+        if at <= time.monotonic() or state.hurry.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.0, at - time.monotonic())):
+                await state.hurry.wait()
+
+    async def _play(self, state: ResponseState, latency: float) -> None:
+        """The model at work: events of the turn, timed like a real streamed response."""
+        include = set(state.request.get("include") or [])
+        self._emit(state, "response.created", response=self._render(state, include))
+        state.body["status"] = "in_progress"
+        self._emit(state, "response.in_progress", response=self._render(state, include))
+        ends = state.created_monotonic + (latency if latency < 600 else float("inf"))
+        span = min(self.stream_span, latency) if latency < 600 else self.stream_span
+        await self._until(state, ends - span)
+        if not state.terminal:
+            # The answer is known now, but the response stays in progress until its last event.
+            before = copy.deepcopy(state.body)
+            self._finish(state, append=False)
+            state.final, state.body = state.body, before
+        body = copy.deepcopy(state.final or state.body)
+        if body["status"] in ("completed", "incomplete"):
+            await self._play_output(state, body, include, ends, span)
+        if state.final is not None and state.body["status"] == "in_progress":
+            state.body = state.final
+            self._append_turn(state, state.body["output"])
+        terminal = {"completed": "response.completed", "incomplete": "response.incomplete"}
+        if state.body["status"] != "cancelled":
+            kind = terminal.get(state.body["status"], "response.failed")
+            self._emit(state, kind, response=self._render(state, include))
+        state.ended = True
+        self._emit_nothing(state)
+
+    def _emit_nothing(self, state: ResponseState) -> None:
+        changed, state.changed = state.changed, asyncio.Event()
+        changed.set()
+
+    async def _play_output(
+        self, state: ResponseState, body: dict[str, Any], include: set[str], ends: float, span: float
+    ) -> None:
+        output = _strip_ci_outputs(body["output"], include)
+        for index, item in enumerate(output):
+            if item["type"] == "code_interpreter_call":
+                self._play_code(state, index, item)
+            elif item["type"] == "message":
+                await self._play_text(state, index, item, ends, span)
+            else:
+                self._emit(state, "response.output_item.added", output_index=index, item=item)
+                self._emit(state, "response.output_item.done", output_index=index, item=item)
+
+    def _play_code(self, state: ResponseState, index: int, item: dict[str, Any]) -> None:
+        running = {**item, "status": "in_progress", "code": "", "outputs": None}
+        self._emit(state, "response.output_item.added", output_index=index, item=running)
+        ids = {"item_id": item["id"], "output_index": index}
+        self._emit(state, "response.code_interpreter_call.in_progress", **ids)
+        code = item.get("code") or ""
+        if code:
+            self._emit(state, "response.code_interpreter_call_code.delta", delta=code, **ids)
+        self._emit(state, "response.code_interpreter_call_code.done", code=code, **ids)
+        self._emit(state, "response.code_interpreter_call.interpreting", **ids)
+        self._emit(state, "response.code_interpreter_call.completed", **ids)
+        self._emit(state, "response.output_item.done", output_index=index, item=item)
+
+    async def _play_text(
+        self, state: ResponseState, index: int, item: dict[str, Any], ends: float, span: float
+    ) -> None:
+        started = {**item, "status": "in_progress", "content": []}
+        self._emit(state, "response.output_item.added", output_index=index, item=started)
+        for number, part in enumerate(item["content"]):
+            ids = {"item_id": item["id"], "output_index": index, "content_index": number}
+            empty = {**part, "text": "", "annotations": []} if part["type"] == "output_text" else part
+            self._emit(state, "response.content_part.added", part=empty, **ids)
+            if part["type"] == "output_text":
+                words = re.findall(r"\S+\s*|\s+", part["text"]) or [""]
+                begin = ends - span
+                for count, word in enumerate(words):
+                    await self._until(state, begin + span * count / len(words))
+                    self._emit(state, "response.output_text.delta", delta=word, logprobs=[], **ids)
+                for note_index, note in enumerate(part.get("annotations") or []):
+                    self._emit(
+                        state,
+                        "response.output_text.annotation.added",
+                        annotation=note,
+                        annotation_index=note_index,
+                        **ids,
+                    )
+                self._emit(state, "response.output_text.done", text=part["text"], logprobs=[], **ids)
+            self._emit(state, "response.content_part.done", part=part, **ids)
+        self._emit(state, "response.output_item.done", output_index=index, item=item)
 
     async def _model_get(self, request: web.Request) -> web.StreamResponse:
         model = request.match_info["model"]
@@ -1194,7 +1397,7 @@ class FakeOpenAI(FakeServer):
             self._add_container_file(container, filename, content, source="assistant")
         return {"type": "output_text", "text": text, "annotations": annotations, "logprobs": []}
 
-    def _finish(self, state: ResponseState) -> None:
+    def _finish(self, state: ResponseState, *, append: bool = True) -> None:
         turn = state.turn
         if turn.status == "failed":
             default = {"code": "server_error", "message": "The model failed to generate a response."}
@@ -1264,7 +1467,8 @@ class FakeOpenAI(FakeServer):
                 "usage": _usage(state.request.get("input"), str(part["text"])),
             }
         )
-        self._append_turn(state, output)
+        if append:
+            self._append_turn(state, output)
 
     def _append_turn(self, state: ResponseState, output: list[dict[str, Any]]) -> None:
         conv = self._conversation(state.conversation_id)

@@ -4,6 +4,14 @@ Point the client at ``fake.api_url`` (``AsyncWebClient(token=..., base_url=fake.
 Web API methods are answered under ``/api/<method>``; files are served under ``/files-pri/``;
 uploads go to ``/upload/v1/<file_id>``; slash-command replies to ``/response_url/<anything>``.
 
+Streams (``chat.startStream`` / ``appendStream`` / ``stopStream``) follow Slack's rules: a thread
+is required, and outside DMs so are ``recipient_user_id`` and ``recipient_team_id``; one streamed
+message holds at most ``STREAM_TEXT_LIMIT`` characters of markdown (``msg_too_long``); appending to
+or stopping a stream that was stopped, or that is older than ``fake.stream_expiry`` seconds, answers
+``message_not_in_streaming_state``; appends to one message closer together than
+``fake.append_interval`` seconds answer HTTP 429 ``ratelimited`` with ``Retry-After``.
+``fake.refuse_streams = "channel_type_not_supported"`` refuses every startStream with that error.
+
 Selectors for ``calls()``, ``fail_next()`` and ``delay_next()``: a Web API method name
 (``"chat.postMessage"``, exact match) or, for the other routes, a path prefix starting with
 ``/`` (``"/upload/v1/"``, ``"/files-pri/"``, ``"/response_url/"``).
@@ -47,6 +55,8 @@ _SIGN_IN_PAGE = (
 )
 
 _CHUNK_SIZE = 64 * 1024
+#: Characters of markdown one streamed message may hold (chat.startStream docs: 12,000).
+STREAM_TEXT_LIMIT = 12_000
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -169,6 +179,12 @@ class FakeSlack(FakeServer):
         self.hosted_files: dict[str, _HostedFile] = {}
         self._pending_uploads: dict[str, _PendingUpload] = {}
         self._uploads: list[SharedUpload] = []
+        #: Seconds after chat.startStream before Slack closes the stream (real Slack: ~5 minutes).
+        self.stream_expiry = 300.0
+        #: Minimum seconds between appends to one stream (0: no limit); closer ones get a 429.
+        self.append_interval = 0.0
+        #: An error every chat.startStream answers (e.g. "channel_type_not_supported").
+        self.refuse_streams: str | None = None
         self._last_ts = 1_760_000_000_000_000
         self._file_counter = 0
         self._methods: dict[str, Handler] = {
@@ -177,6 +193,9 @@ class FakeSlack(FakeServer):
             "chat.update": self._chat_update,
             "chat.delete": self._chat_delete,
             "chat.postEphemeral": self._chat_post_ephemeral,
+            "chat.startStream": self._chat_start_stream,
+            "chat.appendStream": self._chat_append_stream,
+            "chat.stopStream": self._chat_stop_stream,
             "chat.getPermalink": self._chat_get_permalink,
             "conversations.replies": self._conversations_replies,
             "conversations.info": self._conversations_info,
@@ -251,17 +270,20 @@ class FakeSlack(FakeServer):
         return sorted(found, key=lambda m: _ts_key(m["ts"]))
 
     def messages(
-        self, channel: str, thread_ts: str | None = None, *, include_uploads: bool = False
+        self, channel: str, thread_ts: str | None = None, *, include_uploads: bool = False, live: bool = False
     ) -> list[dict[str, Any]]:
-        """Messages the bot posted with chat.postMessage (ts order), optionally one thread only.
+        """Messages the bot posted (ts order), optionally one thread only, as they have settled.
 
         File-share messages created by files.completeUploadExternal are left out unless
-        ``include_uploads`` is True.
+        ``include_uploads`` is True. Live answers still growing (a stream, or a ``markdown_text``
+        preview not yet rewritten with ``text``) are left out unless ``live`` is True.
         """
         return [
             m
             for m in self.all_messages(channel, thread_ts)
-            if m.get("user") == self.bot_user_id and (include_uploads or not m.get("upload"))
+            if m.get("user") == self.bot_user_id
+            and (include_uploads or not m.get("upload"))
+            and (live or not m.get("live"))
         ]
 
     @property
@@ -417,6 +439,9 @@ class FakeSlack(FakeServer):
             # assistant.threads.*, and anything else: recorded, answered ok.
             return web.json_response({"ok": True})
         result = await handler(args)
+        if result.get("error") == "ratelimited":
+            retry_after = str(result.pop("retry_after", 1))
+            return web.json_response(result, status=429, headers={"Retry-After": retry_after})
         return web.json_response(result)
 
     def _over_channel_limit(self, args: dict[str, Any]) -> int | None:
@@ -486,7 +511,7 @@ class FakeSlack(FakeServer):
 
     @staticmethod
     def _public(message: dict[str, Any], *, with_metadata: bool = True) -> dict[str, Any]:
-        out = {k: copy.deepcopy(v) for k, v in message.items() if k != "channel"}
+        out = {k: copy.deepcopy(v) for k, v in message.items() if k not in ("channel", "stream", "live")}
         if not with_metadata:
             out.pop("metadata", None)
         return out
@@ -503,6 +528,8 @@ class FakeSlack(FakeServer):
         ts = self.next_ts()
         message = self._bot_message(ts)
         message.update(fields)
+        if "markdown_text" in fields:
+            message["live"] = True  # a preview, until rewritten with text
         thread_ts = args.get("thread_ts")
         if thread_ts:
             message["thread_ts"] = str(thread_ts)
@@ -526,12 +553,134 @@ class FakeSlack(FakeServer):
             message.pop("blocks", None)
         message.pop("markdown_text", None)
         message.update(fields)
+        if "stream" in message:
+            message["stream"]["open"] = False
+        if "markdown_text" not in fields:
+            message.pop("live", None)
         message["edited"] = {"user": self.bot_user_id, "ts": self.next_ts()}
         return {
             "ok": True,
             "channel": channel,
             "ts": ts,
             "text": message.get("text", ""),
+            "message": self._public(message),
+        }
+
+    # -- Streams ----------------------------------------------------------------------------
+
+    def streamed(self, channel: str, thread_ts: str | None = None) -> list[dict[str, Any]]:
+        """Messages the bot streamed (chat.startStream) in ``channel``, optionally one thread."""
+        return [m for m in self.messages(channel, thread_ts) if "stream" in m]
+
+    def _stream_chunks(self, message: dict[str, Any], args: dict[str, Any]) -> str | None:
+        """Add markdown_text and chunks to a streamed message; the error, if Slack would refuse."""
+        pieces: list[str] = []
+        if args.get("markdown_text"):
+            pieces.append(str(args["markdown_text"]))
+        chunks = args.get("chunks")
+        if isinstance(chunks, str):
+            chunks = decode_json_string(chunks)
+        tasks = []
+        for chunk in chunks if isinstance(chunks, list) else []:
+            if not isinstance(chunk, dict) or chunk.get("type") not in (
+                "markdown_text",
+                "task_update",
+                "plan_update",
+                "blocks",
+            ):
+                return "invalid_chunks"
+            if chunk["type"] == "markdown_text":
+                pieces.append(str(chunk.get("text") or ""))
+            elif chunk["type"] == "task_update":
+                if not chunk.get("id") or chunk.get("status") not in (
+                    "pending",
+                    "in_progress",
+                    "complete",
+                    "error",
+                ):
+                    return "invalid_chunks"
+                tasks.append(chunk)
+        added = "".join(pieces)
+        if len(message.get("text", "")) + len(added) > STREAM_TEXT_LIMIT:
+            return "msg_too_long"
+        message["text"] = message.get("text", "") + added
+        stream = message["stream"]
+        for task in tasks:
+            known = stream["tasks"].setdefault(task["id"], {})
+            known.update(copy.deepcopy(task))
+            stream["task_updates"].append(copy.deepcopy(task))
+        return None
+
+    def _streaming(self, args: dict[str, Any]) -> dict[str, Any] | str:
+        channel, ts = args.get("channel"), args.get("ts")
+        message = self._find(str(channel), str(ts)) if channel and ts else None
+        if message is None:
+            return "message_not_found"
+        stream = message.get("stream")
+        if stream is None or not stream["open"] or time.monotonic() - stream["started"] > self.stream_expiry:
+            return "message_not_in_streaming_state"
+        return message
+
+    async def _chat_start_stream(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel, thread_ts = str(args.get("channel") or ""), args.get("thread_ts")
+        if not channel:
+            return {"ok": False, "error": "channel_not_found"}
+        if not thread_ts:
+            return {"ok": False, "error": "invalid_arguments"}
+        if self.refuse_streams:
+            return {"ok": False, "error": self.refuse_streams}
+        if not channel.startswith("D"):
+            for field_name in ("recipient_user_id", "recipient_team_id"):
+                if not args.get(field_name):
+                    return {"ok": False, "error": f"missing_{field_name}"}
+        ts = self.next_ts()
+        message = self._bot_message(ts)
+        message.update({"text": "", "thread_ts": str(thread_ts), "channel": channel, "live": True})
+        message["stream"] = {
+            "open": True,
+            "started": time.monotonic(),
+            "tasks": {},
+            "task_updates": [],
+            "appends": [],
+            "mode": args.get("task_display_mode"),
+        }
+        problem = self._stream_chunks(message, args)
+        if problem:
+            return {"ok": False, "error": problem}
+        self._store(channel, message)
+        return {"ok": True, "channel": channel, "ts": ts}
+
+    async def _chat_append_stream(self, args: dict[str, Any]) -> dict[str, Any]:
+        message = self._streaming(args)
+        if isinstance(message, str):
+            return {"ok": False, "error": message}
+        appends = message["stream"]["appends"]
+        now = time.monotonic()
+        if self.append_interval and appends and now - appends[-1] < self.append_interval:
+            wait = self.append_interval - (now - appends[-1])
+            return {"ok": False, "error": "ratelimited", "retry_after": max(1, round(wait + 0.49))}
+        problem = self._stream_chunks(message, args)
+        if problem:
+            return {"ok": False, "error": problem}
+        appends.append(now)
+        return {"ok": True, "channel": message["channel"], "ts": message["ts"]}
+
+    async def _chat_stop_stream(self, args: dict[str, Any]) -> dict[str, Any]:
+        message = self._streaming(args)
+        if isinstance(message, str):
+            return {"ok": False, "error": message}
+        problem = self._stream_chunks(message, args)
+        if problem:
+            return {"ok": False, "error": problem}
+        if args.get("blocks") is not None:
+            message["blocks"] = args["blocks"]
+        if args.get("metadata") is not None:
+            message["metadata"] = args["metadata"]
+        message["stream"]["open"] = False
+        return {
+            "ok": True,
+            "channel": message["channel"],
+            "ts": message["ts"],
             "message": self._public(message),
         }
 

@@ -1,0 +1,281 @@
+"""Answers grow in the thread as the model writes them, with the code it runs shown as tasks and a
+*Show work* button; one message per answer through refusals, expiry, 429s and a kill -9."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest_asyncio
+
+from tests.conftest import Bot, BotFactory, process_env
+from tests.fakes import FakeOpenAI, FakeSlack, Turn, wait_for
+from tests.slack_payloads import ALICE, CHANNEL, DM, TEAM, block_action, dm, mention, new_ts
+
+LONG_TEXT = " ".join(f"Step {n}: subtract 11 from both sides, so **3x = 3** and x = 1." for n in range(12))
+SHOW_WORK = "tutor_show_work"
+
+
+def _live(bot: Bot, ts: str, channel: str = CHANNEL) -> list[dict[str, Any]]:
+    return bot.slack.messages(channel, ts, live=True)
+
+
+def _thinking(bot: Bot, latency: float, span: float) -> None:
+    bot.openai.latency = latency
+    bot.openai.stream_span = span
+
+
+async def _ask(bot: Bot, text: str = "Solve 3x + 11 = 14", *, channel: str = CHANNEL) -> str:
+    ts = new_ts()
+    await bot.send(mention(text, ts=ts, channel=channel))
+    return ts
+
+
+def _controls(message: dict[str, Any]) -> list[str]:
+    actions = [b for b in message.get("blocks") or [] if b["type"] == "actions"]
+    return [element["action_id"] for element in actions[-1]["elements"]] if actions else []
+
+
+async def test_the_first_words_show_before_the_model_is_done(bot: Bot) -> None:
+    _thinking(bot, latency=2.5, span=2.0)
+    bot.openai.queue(Turn(text=LONG_TEXT, code=None))
+    ts = await _ask(bot)
+
+    def first_words() -> bool:
+        return any(m.get("text") for m in _live(bot, ts))
+
+    await wait_for(first_words, timeout=10, message="no words streamed")
+    (response,) = bot.openai.responses.values()
+    assert not response.terminal, "the first words came only once the model was done"
+    (start,) = bot.slack.calls("chat.startStream")
+    assert start.args["thread_ts"] == ts
+    assert start.args["recipient_user_id"] == ALICE and start.args["recipient_team_id"] == TEAM
+    assert start.args["chunks"][0]["type"] == "markdown_text"
+
+    await bot.wait_runs_finished(1)
+    (answer,) = _live(bot, ts)  # one message: the stream, rewritten with the final answer
+    assert "*3x = 3*" in answer["text"] and "**" not in answer["text"]
+    assert _controls(answer) == ["tutor_start_over", SHOW_WORK]
+    assert bot.slack.messages(CHANNEL, ts) == [answer], "the answer was left half-written"
+    # About one append a second, however many words the model wrote.
+    appends = bot.slack.calls("chat.appendStream")
+    assert len(LONG_TEXT.split()) > 100 and 1 <= len(appends) <= 4
+    assert bot.openai.polls() == []
+
+
+async def test_each_answer_is_one_message(bot: Bot) -> None:
+    _thinking(bot, latency=1.5, span=1.0)
+    roots = [await _ask(bot, f"Question {n}") for n in range(3)]
+    await bot.wait_runs_finished(3, within=15)
+    for ts in roots:
+        (answer,) = _live(bot, ts)
+        assert "3x = 3" in answer["text"]
+    assert len(bot.openai.creates()) == 3
+
+
+async def test_the_code_the_model_runs_is_a_task_with_its_code_and_output(bot: Bot) -> None:
+    _thinking(bot, latency=1.5, span=1.0)
+    bot.openai.queue(Turn(text="The product is 42.", code="print(6 * 7)", logs="42\n"))
+    ts = await _ask(bot, "What is 6 times 7? Check it in Python.")
+    await bot.wait_runs_finished(1)
+    (answer,) = _live(bot, ts)
+    updates = [
+        u
+        for c in bot.slack.calls("chat.startStream") + bot.slack.calls("chat.appendStream")
+        for u in c.args.get("chunks") or []
+        if u["type"] == "task_update"
+    ]
+    assert [u["status"] for u in updates] == ["in_progress", "complete"]
+    assert updates[0]["title"] == "Running Python…"
+    assert "print(6 * 7)" in updates[1]["details"] and updates[1]["output"] == "42\n"
+    assert "42" in answer["text"]
+
+
+async def test_show_work_shows_the_code_and_output_after_a_restart(start_bot: BotFactory) -> None:
+    first = await start_bot()
+    first.openai.queue(Turn(text="The product is 42.", code="print(6 * 7)", logs="42\n"))
+    ts = await _ask(first, "What is 6 times 7?")
+    await first.wait_runs_finished(1)
+    (answer,) = first.slack.messages(CHANNEL, ts)
+    value = answer["blocks"][-1]["elements"][1]["value"]
+    await first.stop()
+
+    again = await start_bot()  # a new process: nothing in memory
+    press = block_action(
+        SHOW_WORK, value, message_ts=answer["ts"], thread_ts=ts, response_url=again.slack.response_url()
+    )
+    assert (await again.send_form(press))[0] == 200
+    (shown,) = await wait_for(lambda: again.slack.ephemeral_messages, message="no work shown")
+    assert shown["ephemeral_user"] == ALICE and shown["thread_ts"] == ts
+    text = "\n".join(b["text"]["text"] for b in shown["blocks"])
+    assert "print(6 * 7)" in text and "42" in text
+    assert len(again.openai.creates()) == 1, "Show work asked the model again"
+
+
+async def test_show_work_on_an_answer_without_code_says_so(bot: Bot) -> None:
+    bot.openai.queue(Turn(text="x = 1", code=None))
+    ts = await _ask(bot)
+    await bot.wait_runs_finished(1)
+    (answer,) = bot.slack.messages(CHANNEL, ts)
+    value = answer["blocks"][-1]["elements"][1]["value"]
+    press = block_action(
+        SHOW_WORK, value, message_ts=answer["ts"], thread_ts=ts, response_url=bot.slack.response_url()
+    )
+    await bot.send_form(press)
+    (shown,) = await wait_for(lambda: bot.slack.ephemeral_messages, message="no reply to Show work")
+    assert shown["text"] == "I didn't run any code for this answer."
+
+
+async def test_a_refused_stream_still_gives_one_answer(bot: Bot) -> None:
+    bot.slack.refuse_streams = "channel_type_not_supported"
+    _thinking(bot, latency=2.5, span=2.0)
+    bot.openai.queue(Turn(text=LONG_TEXT, code=None))
+    ts = await _ask(bot)
+    preview = await wait_for(lambda: _live(bot, ts), timeout=10, message="no preview posted")
+    assert not any(r.terminal for r in bot.openai.responses.values()), "nothing was shown while writing"
+    await bot.wait_runs_finished(1)
+    (answer,) = _live(bot, ts)
+    assert answer["ts"] == preview[0]["ts"]  # the preview became the answer
+    assert "*3x = 3*" in answer["text"] and bot.slack.messages(CHANNEL, ts) == [answer]
+    assert len(bot.slack.calls("chat.postMessage")) == 1
+    assert all(c.args["ts"] == answer["ts"] for c in bot.slack.calls("chat.update"))
+
+
+async def test_a_dm_answer_at_the_top_level_is_posted_and_grows(bot: Bot) -> None:
+    _thinking(bot, latency=2.5, span=2.0)
+    bot.openai.queue(Turn(text=LONG_TEXT, code=None))
+    ts = new_ts()
+    await bot.send(dm("Solve 3x + 11 = 14", ts=ts))
+    await bot.wait_runs_finished(1)
+    answers = [m for m in bot.slack.messages(DM, live=True) if m["ts"] > ts]
+    assert len(answers) == 1 and "*3x = 3*" in answers[0]["text"]
+    assert bot.slack.calls("chat.startStream") == []  # Slack streams only into threads
+
+
+async def test_a_stream_slack_closed_is_finished_with_chat_update(bot: Bot) -> None:
+    bot.slack.stream_expiry = 0.6
+    _thinking(bot, latency=3.0, span=2.5)
+    bot.openai.queue(Turn(text=LONG_TEXT, code=None))
+    ts = await _ask(bot)
+    await bot.wait_runs_finished(1, within=15)
+    (answer,) = _live(bot, ts)
+    assert "Step 11" in answer["text"] and bot.slack.messages(CHANNEL, ts) == [answer]
+    updates = bot.slack.calls("chat.update")
+    assert all(u.args["ts"] == answer["ts"] for u in updates)
+    # After Slack closed the stream the answer kept growing as edits, then the final rewrite.
+    assert [u for u in updates if "markdown_text" in u.args], "no edit after the stream closed"
+    assert "markdown_text" not in updates[-1].args
+
+
+async def test_slack_429_on_append_is_honoured(bot: Bot) -> None:
+    _thinking(bot, latency=5.0, span=4.5)
+    bot.openai.queue(Turn(text=LONG_TEXT, code=None))
+    bot.slack.fail_next(
+        "chat.appendStream",
+        status=429,
+        body={"ok": False, "error": "ratelimited"},
+        headers={"Retry-After": "2"},
+    )
+    ts = await _ask(bot)
+    await bot.wait_runs_finished(1, within=15)
+    appends = bot.slack.calls("chat.appendStream")
+    limited = [n for n, call in enumerate(appends) if call.status == 429]
+    assert limited, "the 429 never happened"
+    after = appends[limited[0] + 1 :]
+    assert after, "nothing was appended after the 429"
+    assert after[0].received_at - appends[limited[0]].received_at >= 1.9
+    (answer,) = _live(bot, ts)
+    assert "Step 11" in answer["text"]
+
+
+async def test_a_long_answer_goes_on_in_a_follow_up_message(bot: Bot) -> None:
+    _thinking(bot, latency=3.0, span=2.5)
+    text = "\n\n".join(
+        f"Paragraph {n}. " + "The sum of the series converges quickly. " * 12 for n in range(30)
+    )
+    assert len(text) > 14_000
+    bot.openai.queue(Turn(text=text, code=None))
+    ts = await _ask(bot)
+    await bot.wait_runs_finished(1, within=20)
+    streams = bot.slack.calls("chat.startStream")
+    assert len(streams) == 2, "the stream was not continued in a second message"
+    assert all(c.args.get("error") != "msg_too_long" for c in bot.slack.calls("chat.appendStream"))
+    answers = _live(bot, ts)
+    assert bot.slack.messages(CHANNEL, ts) == answers
+    shown = "\n".join(m["text"] for m in answers)
+    assert "Paragraph 0." in shown and "Paragraph 29." in shown
+
+
+WorkerSpawner = Any
+
+
+@pytest_asyncio.fixture
+async def spawn_worker(
+    database_url: str, fake_slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path
+) -> AsyncIterator[WorkerSpawner]:
+    processes: list[asyncio.subprocess.Process] = []
+
+    async def spawn() -> asyncio.subprocess.Process:
+        env = process_env(
+            fake_slack,
+            fake_openai,
+            DATABASE_URL=database_url,
+            TUTOR_POLL_INTERVAL="0.05",
+            TUTOR_LEASE_SECONDS="1",
+        )
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bot",
+            "worker",
+            env=env,
+            cwd=tmp_path,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        processes.append(process)
+        return process
+
+    yield spawn
+    for process in processes:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+
+
+async def test_kill_9_mid_stream_then_restart_completes_the_same_message(
+    start_bot: BotFactory, spawn_worker: WorkerSpawner
+) -> None:
+    web = await start_bot(with_worker=False)
+    _thinking(web, latency=4.0, span=3.5)
+    web.openai.queue(Turn(text=LONG_TEXT, code=None))
+    worker = await spawn_worker()
+    ts = await _ask(web)
+
+    async def half_written() -> bool:
+        (run,) = await web.runs() or [None]
+        shown = _live(web, ts)
+        return bool(run and run.stream_seq and shown and len(shown[0]["text"]) > 20)
+
+    await wait_for(half_written, timeout=20, message="the answer never started to stream")
+    worker.send_signal(signal.SIGKILL)
+    await worker.wait()
+    (streamed,) = _live(web, ts)
+    assert not any(r.terminal for r in web.openai.responses.values()), "killed too late: the model was done"
+
+    restarted = time.monotonic()
+    await start_bot(with_worker=True)
+    await web.wait_runs_finished(1, within=20)
+    (answer,) = _live(web, ts)
+    assert answer["ts"] == streamed["ts"], "the answer went into a new message"
+    assert web.slack.messages(CHANNEL, ts) == [answer], "the message was left half-written"
+    assert "Step 0" in answer["text"] and "Step 11" in answer["text"]
+    assert len(web.openai.creates()) == 1, "a second response was created"
+    (resume, *_) = web.openai.resumes()
+    assert int(resume.query["starting_after"]) > 0
+    assert time.monotonic() - restarted < 10
