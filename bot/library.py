@@ -199,7 +199,6 @@ class Library:
         return len(docs)
 
 
-
 class LibraryIndexer:
     """The run-poller's side of a library add: upload the files, index them, say how it went."""
 

@@ -81,6 +81,7 @@ class LiveAnswer:
         state: LiveState,
         save: Callable[[LiveState], Awaitable[None]],
         resumed: bool,
+        fence: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._slack = slack
         self._place = place
@@ -89,6 +90,8 @@ class LiveAnswer:
         self._delivery_key = delivery_key
         self.state = state
         self._save_state = save
+        #: Raises when this worker no longer holds the run: checked before every Slack call.
+        self._fence = fence
         # After a crash the text shown so far is not known here: it can be appended to, not edited.
         self._prefix_known = not resumed
         self._raw = ""
@@ -187,6 +190,8 @@ class LiveAnswer:
         tasks = [chunk for _, chunk in self._tasks]
         taken = len(self._tasks)
         mode = self.state.mode
+        if self._fence is not None:
+            await self._fence()  # a worker frozen past its lease must not touch the message again
         interval = APPEND_EVERY
         try:
             if mode is None:

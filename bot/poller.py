@@ -45,6 +45,7 @@ from bot.prepare import RunPreparer, marker, place_of
 from bot.reply import SLOW_NOTICE, Replier
 from bot.slack_api import Recipient, SlackGateway
 from db import leases, repo
+from db.leases import LeaseLost
 from db.models import Run, RunKind, RunStatus, utcnow
 from db.notify import WorkListener
 
@@ -545,6 +546,7 @@ class Poller:
             state=state,
             save=save,
             resumed=resumed,
+            fence=lambda: self._fence(run),
         )
 
     async def _reconcile(self, run: Run) -> None:
@@ -722,6 +724,12 @@ class Poller:
     async def _finish(self, run: Run, *, failed: bool) -> None:
         await self._change(run, lambda s: repo.finish_run(s, run, owner=self.owner, failed=failed))
 
+    async def _fence(self, run: Run) -> None:
+        """LeaseLost unless this worker's claim on `run` still stands (owner and generation)."""
+        async with self._sessions() as session:
+            if not await leases.holds(session, run):
+                raise LeaseLost(run.id)
+
     async def _change(self, run: Run, transition: Callable[[AsyncSession], Awaitable[bool]]) -> None:
         """Apply a lease-checked transition (`db.repo`); LeaseLost when another worker holds the run."""
         async with self._sessions.begin() as session:
@@ -735,10 +743,6 @@ def _describe(exc: BaseException) -> str:
     cause = getattr(exc, "orig", None) or exc.__cause__ or exc
     first = str(cause).strip().splitlines()[0][:160] if str(cause).strip() else ""
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-
-
-class LeaseLost(Exception):
-    """Another worker took the run over (our lease expired); stop touching it."""
 
 
 async def _woken(event: asyncio.Event, *, within: float) -> None:

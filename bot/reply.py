@@ -40,7 +40,7 @@ from bot.math_images import render_all
 from bot.prepare import place_of
 from bot.slack_api import Place, SlackGateway
 from bot.ui import WORK_GONE, answer_controls, offer_blocks, section, work_blocks
-from db import repo
+from db import leases, repo
 from db.models import Delivery, Run, ThreadFile, utcnow
 
 log = logging.getLogger(__name__)
@@ -401,7 +401,9 @@ class Replier:
             done = await repo.get_delivery(session, run_id=run.id, key=key)
         if done is not None and done.state == "done":
             return
+        await self._fence(run)
         await self._slack.stop_stream(place, ts)
+        await self._fence(run)  # a worker frozen during that call has lost the run by now
         await self._slack.update(place, ts, text, delivery_key=self._tag(run, key), blocks=blocks)
         async with self._sessions.begin() as session:
             delivery, _ = await repo.start_delivery(session, run_id=run.id, key=key)
@@ -433,6 +435,7 @@ class Replier:
             }
         for ts in run.stream_messages or []:
             if ts not in used:
+                await self._fence(run)
                 await self._slack.stop_stream(place, ts)
                 with contextlib.suppress(errors.SlackDeliveryFailed):
                     await self._slack.delete(place, ts)
@@ -464,8 +467,18 @@ class Replier:
     def _tag(run: Run, key: str) -> str:
         return f"{run.run_uuid}:{key}"
 
+    async def _fence(self, run: Run) -> None:
+        """LeaseLost unless this worker's claim on the run still stands: checked before Slack."""
+        async with self._sessions() as session:
+            if not await leases.holds(session, run):
+                raise leases.LeaseLost(run.id)
+
     async def _start(self, run: Run, key: str) -> tuple[Delivery, bool]:
+        """The delivery row, written only while this worker's claim on the run still stands: a
+        worker that was frozen past its lease (and the run claimed again) stops here, before Slack."""
         async with self._sessions.begin() as session:
+            if not await leases.holds(session, run):
+                raise leases.LeaseLost(run.id)
             return await repo.start_delivery(session, run_id=run.id, key=key)
 
     async def _attempting(self, delivery_id: int, *, done: bool = False) -> None:

@@ -131,8 +131,26 @@ async def claim_due_runs(
     claimed = await session.scalars(
         update(Run)
         .where(Run.id.in_(candidates), or_(Run.lease_expires_at.is_(None), Run.lease_expires_at < now))
-        .values(lease_owner=owner, lease_expires_at=lease_until)
+        .values(lease_owner=owner, lease_expires_at=lease_until, lease_generation=Run.lease_generation + 1)
         .returning(Run)
         .execution_options(synchronize_session=False)
     )
     return sorted(claimed.all(), key=lambda run: run.next_attempt_at)
+
+
+class LeaseLost(Exception):
+    """Another worker took the run over (our lease expired, or the run was claimed again since our
+    claim): stop touching it, in the database and in Slack."""
+
+
+async def holds(session: AsyncSession, run: Run) -> bool:
+    """Whether `run` is still held under the claim this `run` object came from (owner and
+    generation): the fence checked before every Slack call."""
+    held = await session.scalar(
+        select(Run.id).where(
+            Run.id == run.id,
+            Run.lease_owner == run.lease_owner,
+            Run.lease_generation == run.lease_generation,
+        )
+    )
+    return held is not None and run.lease_owner is not None

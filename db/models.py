@@ -176,6 +176,9 @@ class Run(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[datetime | None]
+    #: Fencing token: every claim adds one. A transition or Slack call of a worker whose claim is
+    #: older (it was frozen past its lease and the run was claimed again) is refused.
+    lease_generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     response_id: Mapped[str | None] = mapped_column(String(128))
     create_started_at: Mapped[datetime | None]
     status_shown_at: Mapped[datetime | None]

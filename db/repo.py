@@ -494,7 +494,7 @@ async def _leased(
         values = {**values, "lease_owner": None, "lease_expires_at": None}
     result = await session.execute(
         update(Run)
-        .where(Run.id == run.id, Run.lease_owner == owner)
+        .where(Run.id == run.id, Run.lease_owner == owner, Run.lease_generation == run.lease_generation)
         .values(values)
         .execution_options(synchronize_session=False)
     )

@@ -95,12 +95,14 @@ class Processes:
         self._slack = slack
         self._openai = openai
         self.started: list[BotProcess] = []
+        self._count = 0
         self.http = aiohttp.ClientSession()
 
     async def start(
         self, command: str, database_url: str, *, port: int | None = None, **env: str
     ) -> BotProcess:
-        name = f"{command}-{len(self.started) + 1}"
+        self._count += 1  # before any await: processes started together get names (and files) of their own
+        name = f"{command}-{self._count}"
         extra = {"DATABASE_URL": database_url, **env}
         if port is not None:
             extra["PORT"] = str(port)

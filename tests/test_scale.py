@@ -7,6 +7,8 @@ moment that matters (its pid is read from the run's lease).
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
 
 import pytest
 
@@ -126,3 +128,46 @@ async def test_workers_killed_after_a_post_and_mid_upload_deliver_each_once(
     assert shared == ["first.png", "second.png"], shared
     assert len(fake_slack.messages(CHANNEL, plotted)) == 1
     assert len(fake_openai.calls("POST /v1/responses$")) == 2
+
+
+async def test_a_worker_frozen_past_its_lease_touches_nothing_once_thawed(
+    processes: Processes,  # noqa: F811
+    postgres_url: str,
+    fake_slack: FakeSlack,
+    fake_openai: FakeOpenAI,
+) -> None:
+    """SIGSTOP the worker while Slack holds its call closing the streamed answer; the other worker
+    takes over when the lease runs out and finishes the answer; SIGCONT: the thawed worker makes
+    no further Slack call and changes nothing."""
+    await asyncio.to_thread(upgrade, postgres_url)
+    web = await processes.start_web("web", postgres_url)
+    lease = {"TUTOR_LEASE_SECONDS": "2", **FAST}
+    workers = list(await asyncio.gather(*(start_worker(processes, postgres_url, **lease) for _ in range(2))))
+    fake_openai.latency = 0.5
+    fake_openai.queue(Turn(text="The answer is 42, and here is why: six times seven.", code=None))
+    # Slack holds the first worker's close of its stream: longer than the lease (the other worker
+    # takes over and finishes meanwhile), shorter than the call's own 5 s deadline, so the frozen
+    # worker, once thawed, gets its answer and goes on to the next Slack call, unless fenced.
+    fake_slack.delay_next("chat.stopStream", 4.5)
+    ts = new_ts()
+    assert await processes.send(web, as_json(mention("What is 6 x 7?", ts=ts))) == 200
+    await wait_for(lambda: fake_slack.calls("chat.stopStream"), timeout=20, message="the stream closing")
+    runs = RunsTable(postgres_url)
+    try:
+        frozen, other = await _holder(runs, ts, workers)
+        frozen.process.send_signal(signal.SIGSTOP)
+        try:
+            await runs.wait_finished(1, within=40)  # the other worker took over and finished it
+            finished = await runs.of(ts)
+            calls = len(fake_slack.requests)
+        finally:
+            frozen.process.send_signal(signal.SIGCONT)
+        await processes.wait_logged(frozen, "lease lost", within=20)
+        assert len(fake_slack.requests) == calls, [r.path for r in fake_slack.requests[calls:]]
+        assert await runs.of(ts) == finished
+        assert other.alive
+    finally:
+        await runs.dispose()
+    (answer,) = fake_slack.messages(CHANNEL, ts)
+    assert "six times seven" in str(answer.get("text", "")) + json.dumps(answer.get("blocks", []))
+    assert len(fake_openai.calls("POST /v1/responses$")) == 1

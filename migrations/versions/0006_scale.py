@@ -1,5 +1,5 @@
 """scale: partial indexes for claiming, rescuing and pruning; NOTIFY triggers for instant hand-off;
-deliveries.attempted_at
+deliveries.attempted_at; runs.lease_generation (fencing)
 
 Revision ID: 0006
 Revises: 0005
@@ -50,6 +50,7 @@ TRIGGERS = {
 
 def upgrade() -> None:
     with op.batch_alter_table("runs", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("lease_generation", sa.Integer(), server_default="0", nullable=False))
         batch_op.create_index(
             "ix_runs_active",
             ["next_attempt_at"],
@@ -99,3 +100,4 @@ def downgrade() -> None:
         batch_op.drop_index("ix_runs_finished")
         batch_op.drop_index("ix_runs_active_thread")
         batch_op.drop_index("ix_runs_active")
+        batch_op.drop_column("lease_generation")
