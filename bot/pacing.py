@@ -5,7 +5,8 @@ Two rules (../shared/docs/slack.md, rate limits):
   allows (`chat.postMessage`: "1 per second per channel"); waiting runs take turns in order;
 - a 429 is honoured for its method by every run of the process, not only by the call that got
   it: Slack's Retry-After is the workspace's, so a second run calling at once would only earn
-  another 429.
+  another 429. A 429 on one way of posting a new message (`chat.postMessage`, `chat.startStream`)
+  holds both.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ class Pacer:
     def block(self, method: str, seconds: float) -> None:
         """Slack said Retry-After `seconds` for `method`: nobody in this process calls it before."""
         until = self._clock() + seconds
-        self._blocked_until[method] = max(until, self._blocked_until.get(method, 0.0))
+        key = _family(method)
+        self._blocked_until[key] = max(until, self._blocked_until.get(key, 0.0))
         self.rate_limited[method] = self.rate_limited.get(method, 0) + 1
         log.info("Slack rate-limited %s: every run waits %.1f s", method, seconds)
 
@@ -70,7 +72,7 @@ class Pacer:
             await self._unblocked(method)
 
     async def _unblocked(self, method: str) -> None:
-        while (wait := self._blocked_until.get(method, 0.0) - self._clock()) > 0:  # noqa: ASYNC110
+        while (wait := self._blocked_until.get(_family(method), 0.0) - self._clock()) > 0:  # noqa: ASYNC110
             await asyncio.sleep(wait)
 
     def _bucket(self, channel: str) -> _Bucket:
@@ -97,6 +99,11 @@ class Pacer:
             full = bucket.tokens + (now - bucket.at) * self._rate >= self._burst
             if full and not bucket.lock.locked():
                 del self._channels[channel]
+
+
+def _family(method: str) -> str:
+    """Methods Slack limits together: every way of putting a new message into a channel."""
+    return "new message" if method in POSTING else method
 
 
 class SharedRateLimitHandler(AsyncRateLimitErrorRetryHandler):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import Awaitable, Sequence
@@ -243,6 +244,7 @@ class SlackGateway:
                 task_display_mode="timeline",
                 chunks=_chunks(markdown_text, chunks),
             ),
+            channel=place.channel_id,
         )
         return str(response["ts"])
 
@@ -277,6 +279,7 @@ class SlackGateway:
                 unfurl_media=False,
                 metadata={"event_type": REPLY_EVENT_TYPE, "event_payload": {"delivery": delivery_key}},
             ),
+            channel=place.channel_id,
         )
         return str(response["ts"])
 
@@ -286,7 +289,10 @@ class SlackGateway:
             self._stream_client.chat_update(channel=place.channel_id, ts=ts, markdown_text=markdown_text),
         )
 
-    async def _live(self, method: str, call: Awaitable[Any]) -> Any:
+    async def _live(self, method: str, call: Awaitable[Any], *, channel: str | None = None) -> Any:
+        """A call of a live answer: paced (a new message into `channel` takes its turn), a 429 held
+        for every run of the process and raised for the relay to wait, nothing retried here."""
+        await _turn(self.pacer, method, channel, call)
         try:
             return await self._timed(method, call)
         except SlackApiError as exc:
@@ -294,6 +300,7 @@ class SlackGateway:
             detail = f"{method}: {error}"
             if exc.response.status_code == 429:
                 wait = _retry_after(exc.response.headers)
+                self.pacer.block(method, wait or 1.0)
                 raise errors.SlackRateLimited(detail, retry_after=wait) from None
             if error == STREAM_CLOSED:
                 raise errors.StreamClosed(detail) from None
@@ -581,7 +588,7 @@ class SlackGateway:
 
     async def _call(self, method: str, call: Awaitable[Any]) -> Any:
         """A Web API call whose failure is the caller's: SDK errors become SlackDeliveryFailed."""
-        await self.pacer.wait_turn(method)  # another run's 429 on this method holds it
+        await _turn(self.pacer, method, None, call)  # another run's 429 on this method holds it
         try:
             return await self._timed(method, call)
         except SlackApiError as exc:
@@ -596,6 +603,16 @@ class SlackGateway:
             failure = errors.SlackDeliveryFailed(f"{method}: {type(exc).__name__}")
             failure.outcome_unknown = True
             raise failure from None
+
+
+async def _turn(pacer: Pacer, method: str, channel: str | None, call: Awaitable[Any]) -> None:
+    """Wait for Slack's pace before `call` is sent; a call that never goes is closed, not leaked."""
+    try:
+        await pacer.wait_turn(method, channel)
+    except BaseException:
+        if inspect.iscoroutine(call):
+            call.close()
+        raise
 
 
 def _pacer_of(client: AsyncWebClient) -> Pacer | None:

@@ -80,6 +80,11 @@ async def _burst(
     return bot, asked
 
 
+def _new_messages(slack: Any) -> list[Any]:
+    """Calls that each put a new message into a channel: posts and live answers' streams."""
+    return [r for r in slack.requests if r.path.endswith(("/chat.postMessage", "/chat.startStream"))]
+
+
 def _check_answers(bot: Any, asked: dict[str, list[str]]) -> None:
     for root, questions in asked.items():
         answers = [str(m["text"]) for m in bot.slack.messages(CHANNEL, root)]
@@ -91,9 +96,8 @@ async def test_a_burst_in_one_channel_stays_within_slacks_limit(start_bot: BotFa
     # Slack's ~1 post a second per channel with short bursts, and our pace just inside it, 10× faster.
     bot, asked = await _burst(start_bot, rate=9.0, limit=(4, 10.0))
     _check_answers(bot, asked)
-    posts = bot.slack.calls("chat.postMessage")
-    assert bot.slack.rate_limited == 0, "the pace kept every post within the channel's limit"
-    assert len(posts) == THREADS * PER_THREAD
+    assert bot.slack.rate_limited == 0, "the pace kept every new message within the channel's limit"
+    assert len(_new_messages(bot.slack)) == THREADS * PER_THREAD
 
 
 async def test_without_pacing_slack_refuses_posts(start_bot: BotFactory) -> None:
@@ -112,21 +116,21 @@ async def test_one_runs_429_slows_the_others_to_that_channel(start_bot: BotFacto
     bot = await start_bot()
     bot.openai.latency = 0.1
     bot.slack.fail_next(
-        "chat.postMessage",
+        "chat.startStream",
         status=429,
         body={"ok": False, "error": "ratelimited"},
         headers={"Retry-After": "1"},
     )
     first = new_ts()
     await bot.send(mention("Question 0", ts=first))
-    refused = await wait_for(lambda: bot.slack.calls("chat.postMessage"), message="the refused post")
+    refused = await wait_for(lambda: _new_messages(bot.slack), message="the refused stream")
     refused_at = refused[0].received_at
     # Five more questions whose answers are ready well within the second Slack asked for.
     roots = [new_ts() for _ in range(5)]
     await asyncio.gather(*(bot.send(mention(f"Question {i}", ts=r)) for i, r in enumerate(roots, 1)))
     await bot.wait_runs_finished(6, within=30)
-    later = [p.received_at - refused_at for p in bot.slack.calls("chat.postMessage")[1:]]
+    later = [p.received_at - refused_at for p in _new_messages(bot.slack)[1:]]
     # Nobody posted during that second: not the refused run, not the others.
     assert len(later) == 6 and min(later) >= 0.95, [round(t, 2) for t in later]
     assert all(len(bot.slack.messages(CHANNEL, r)) == 1 for r in [first, *roots])
-    assert bot.components.slack.pacer.rate_limited == {"chat.postMessage": 1}
+    assert bot.components.slack.pacer.rate_limited == {"chat.startStream": 1}

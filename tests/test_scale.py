@@ -15,7 +15,7 @@ import pytest
 from db.migrate import upgrade
 from tests.fakes import Chart, FakeOpenAI, FakeSlack, Turn, wait_for
 from tests.slack_payloads import CHANNEL, as_json, mention, message, new_ts
-from tests.test_pacing import _answer_naming_the_question
+from tests.test_pacing import _answer_naming_the_question, _new_messages
 from tests.test_rescue import (  # noqa: F401  (processes is a fixture)
     BotProcess,
     Processes,
@@ -83,7 +83,7 @@ async def test_200_questions_at_two_web_processes_answered_once_each_in_order(
     for (channel, root), questions in asked.items():
         answers = [str(m["text"]) for m in fake_slack.messages(channel, root)]
         assert answers == [f"Answer to {ts}." for ts in questions], (channel, root)
-    assert len(fake_slack.calls("chat.postMessage")) == 200
+    assert len(_new_messages(fake_slack)) == 200
     assert len(fake_openai.calls("POST /v1/responses$")) == 200
 
 
@@ -97,18 +97,15 @@ async def test_workers_killed_after_a_post_and_mid_upload_deliver_each_once(
     fake_openai.latency = 0.1
     runs = RunsTable(postgres_url)
     try:
-        # 1. Slack takes the post but answers late: the worker dies before it can record it.
-        fake_slack.delay_next("chat.postMessage", 2.0)
+        # 1. Slack starts the answer's message but answers late: the worker dies before it can record it.
+        fake_slack.delay_next("chat.startStream", 2.0)
         posted = new_ts()
         assert await processes.send(web, as_json(mention("What is 7 + 8?", ts=posted))) == 200
-        await wait_for(lambda: fake_slack.calls("chat.postMessage"), timeout=20, message="the post")
+        await wait_for(lambda: fake_slack.calls("chat.startStream"), timeout=20, message="the post")
         holder, survivor = await _holder(runs, posted, workers)
         await holder.kill()
         await runs.wait_finished(1, within=30)
         assert len(fake_slack.messages(CHANNEL, posted)) == 1
-        assert len(fake_slack.calls("chat.postMessage")) == 1, (
-            "the survivor found the post, did not repeat it"
-        )
 
         # 2. The second chart's bytes are on their way when the worker holding the run dies.
         workers = [survivor, await start_worker(processes, postgres_url, **FAST)]

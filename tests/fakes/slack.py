@@ -165,7 +165,7 @@ class FakeSlack(FakeServer):
         #: message per second, short bursts allowed"); a chat.postMessage finding it empty gets 429
         #: with Retry-After in whole seconds, as Slack's.
         self.channel_limit: tuple[int, float] | None = None
-        #: chat.postMessage calls refused with 429 by ``channel_limit``.
+        #: chat.postMessage and chat.startStream calls (each a new message) refused by ``channel_limit``.
         self.rate_limited = 0
         self._channel_buckets: dict[str, tuple[float, float]] = {}
         #: All stored messages (bot posts, seeded human messages, upload shares) by channel.
@@ -429,7 +429,8 @@ class FakeSlack(FakeServer):
             return web.json_response({"ok": True, "url": f"ws://127.0.0.1:{self.port}/socket"})
         if token != self.bot_token:
             return web.json_response({"ok": False, "error": "invalid_auth"})
-        if method == "chat.postMessage" and (retry_after := self._over_channel_limit(args)) is not None:
+        new_message = method in ("chat.postMessage", "chat.startStream")
+        if new_message and (retry_after := self._over_channel_limit(args)) is not None:
             self.rate_limited += 1
             return web.json_response(
                 {"ok": False, "error": "ratelimited"}, status=429, headers={"Retry-After": str(retry_after)}
