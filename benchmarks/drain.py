@@ -83,6 +83,21 @@ async def processes(
             await process.wait()
 
 
+async def wait_finished(url: str, total: int, *, deadline: float) -> dict[str, float]:
+    """Poll the runs table until `total` runs are done; each question's finish time (epoch s)."""
+    connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        while True:
+            rows = await connection.fetch(
+                "SELECT message_ts, extract(epoch FROM finished_at) AS at FROM runs WHERE status = 'done'"
+            )
+            if len(rows) >= total or time.monotonic() > deadline:
+                return {row["message_ts"]: float(row["at"]) for row in rows}
+            await asyncio.sleep(0.05)
+    finally:
+        await connection.close()
+
+
 def answering(request: dict[str, Any]) -> Turn:
     tags = re.findall(r"\[slack message ([0-9.]+)\]", json.dumps(request.get("input")))
     return Turn(text=f"Answer to {tags[-1]}.", code=None)
@@ -143,19 +158,16 @@ async def drain(args: argparse.Namespace, workers: int) -> None:
                     endpoint, threads=args.threads, per_thread=args.per_thread, senders=args.senders
                 )
                 sent = time.monotonic() - began
-                deadline = began + 600
-                while len(slack.calls("chat.postMessage")) < total and time.monotonic() < deadline:  # noqa: ASYNC110
-                    await asyncio.sleep(0.05)
+                finished = await wait_finished(url, total, deadline=began + 600)
                 drained = time.monotonic() - began
-            answered_at: dict[str, float] = {}
             wrong = 0
-            for (channel, _root), questions in asked.items():
-                posts = [c for c in slack.calls("chat.postMessage") if c.args.get("channel") == channel]
-                texts = [str(c.args.get("text")) for c in posts]
-                if texts != [f"Answer to {ts}." for ts in questions]:
+            for (channel, root), questions in asked.items():
+                texts = [str(m.get("text")) for m in slack.messages(channel, root)]
+                if len(texts) != len(questions) or any(
+                    f"Answer to {ts}" not in text for ts, text in zip(questions, texts, strict=False)
+                ):
                     wrong += 1
-                for ts, post in zip(questions, posts, strict=False):
-                    answered_at[ts] = post.received_at
+            answered_at = finished
         latencies = [answered_at[ts] - acked[ts] for ts in acked if ts in answered_at]
         p50, p99 = (percentile(latencies, p) for p in (50, 99))
         print(
