@@ -68,6 +68,22 @@ async def test_the_first_words_show_before_the_model_is_done(bot: Bot) -> None:
     assert bot.openai.polls() == []
 
 
+async def test_the_thread_status_shows_while_the_model_thinks_and_clears_with_the_first_words(
+    bot: Bot,
+) -> None:
+    _thinking(bot, latency=2.0, span=1.0)
+    ts = await _ask(bot)
+    await bot.wait_runs_finished(1)
+    statuses = [c for c in bot.slack.calls("assistant.threads.setStatus") if c.args["thread_ts"] == ts]
+    assert statuses[0].args["status"] == "is thinking…" and statuses[0].args["loading_messages"]
+    assert statuses[-1].args["status"] == ""
+    (start,) = bot.slack.calls("chat.startStream")
+    assert statuses[-1].received_at >= start.received_at  # cleared once the words showed
+    # The first words within 300 ms of the model's first delta (1 s after the create here).
+    (create,) = bot.openai.creates()
+    assert start.received_at - (create.received_at + 1.0) < 0.3
+
+
 async def test_each_answer_is_one_message(bot: Bot) -> None:
     _thinking(bot, latency=1.5, span=1.0)
     roots = [await _ask(bot, f"Question {n}") for n in range(3)]
@@ -279,3 +295,29 @@ async def test_kill_9_mid_stream_then_restart_completes_the_same_message(
     (resume, *_) = web.openai.resumes()
     assert int(resume.query["starting_after"]) > 0
     assert time.monotonic() - restarted < 10
+
+
+async def test_a_dropped_stream_is_picked_up_after_its_last_relayed_event(bot: Bot) -> None:
+    _thinking(bot, latency=2.5, span=2.0)
+    bot.openai.queue(Turn(text=LONG_TEXT, code=None))
+    bot.openai.cut_streams(after=30)  # the create's stream drops mid-answer
+    ts = await _ask(bot)
+    await bot.wait_runs_finished(1, within=15)
+    (answer,) = _live(bot, ts)
+    assert "Step 0" in answer["text"] and "Step 11" in answer["text"]
+    assert len(bot.slack.calls("chat.startStream")) == 1, "the answer went into a second message"
+    assert len(bot.openai.creates()) == 1
+    (resume,) = bot.openai.resumes()
+    assert 0 < int(resume.query["starting_after"]) < 30
+
+
+async def test_a_stream_that_keeps_breaking_is_polled_instead(bot: Bot) -> None:
+    _thinking(bot, latency=2.0, span=1.0)
+    bot.openai.cut_streams(after=2, times=10)
+    ts = await _ask(bot)
+    await bot.wait_runs_finished(1, within=20)
+    (answer,) = _live(bot, ts)
+    assert "3x = 3" in answer["text"]
+    assert len(bot.openai.creates()) == 1
+    assert len(bot.openai.resumes()) == 2  # then polling, as before streaming
+    assert bot.openai.polls()
