@@ -232,6 +232,9 @@ class ResponseState:
     hurry: asyncio.Event = field(default_factory=asyncio.Event)
     #: A streamed response's final body while its events are still being sent.
     final: dict[str, Any] | None = None
+    #: Wall-clock times (time.time()) of the first text delta and of the end, for benchmarks.
+    first_delta_at: float | None = None
+    completed_at: float | None = None
 
     @property
     def status(self) -> str:
@@ -968,6 +971,10 @@ class FakeOpenAI(FakeServer):
         return response
 
     def _emit(self, state: ResponseState, type_: str, **fields: Any) -> None:
+        if type_ == "response.output_text.delta" and state.first_delta_at is None:
+            state.first_delta_at = time.time()
+        elif type_ in ("response.completed", "response.incomplete", "response.failed"):
+            state.completed_at = time.time()
         state.events.append({"type": type_, "sequence_number": len(state.events), **fields})
         changed, state.changed = state.changed, asyncio.Event()
         changed.set()
@@ -1123,6 +1130,8 @@ class FakeOpenAI(FakeServer):
         return {"type": "output_text", "text": text, "annotations": annotations, "logprobs": []}
 
     def _finish(self, state: ResponseState, *, append: bool = True) -> None:
+        if not state.streamed:
+            state.completed_at = time.time()
         turn = state.turn
         if turn.status == "failed":
             default = {"code": "server_error", "message": "The model failed to generate a response."}
