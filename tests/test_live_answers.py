@@ -321,3 +321,25 @@ async def test_a_stream_that_keeps_breaking_is_polled_instead(bot: Bot) -> None:
     assert len(bot.openai.creates()) == 1
     assert len(bot.openai.resumes()) == 2  # then polling, as before streaming
     assert bot.openai.polls()
+
+
+async def test_show_work_pressed_in_another_channel_shows_nothing_of_the_answer(bot: Bot) -> None:
+    bot.openai.queue(Turn(text="x = 1", code="secret = 42\nprint(secret)", logs="42\n"))
+    ts = await _ask(bot)
+    await _ask(bot, "Another question", channel="C0OTHER")
+    await bot.wait_runs_finished(2)
+    (answer,) = bot.slack.messages(CHANNEL, ts)
+    value = answer["blocks"][-1]["elements"][1]["value"]
+    (other,) = [m for m in bot.slack.messages("C0OTHER") if m.get("thread_ts")]
+    press = block_action(
+        SHOW_WORK,
+        value,  # names the first channel's answer
+        message_ts=other["ts"],
+        thread_ts=other["thread_ts"],
+        response_url=bot.slack.response_url(),
+        channel="C0OTHER",
+    )
+    await bot.send_form(press)
+    (shown,) = await wait_for(lambda: bot.slack.ephemeral_messages, message="no reply to Show work")
+    assert shown["channel"] == "C0OTHER" and "secret" not in str(shown)
+    assert shown["text"] == "I can't show the work for this answer anymore."
