@@ -310,6 +310,11 @@ class Replier:
         """A one-off notice in the run's thread (posted once per run and key)."""
         await self._post_once(run, place_of(run), key, text)
 
+    async def upload_cited(self, run: Run, chart: ChartRef, number: int) -> None:
+        """A chart the answer cites, uploaded while the answer is still being written; the same
+        delivery row as at the end (`file:<id>`), so it is uploaded once."""
+        await self._upload_once(run, place_of(run), _name_chart(chart, number))
+
     async def _charts(self, run: Run, reply: ModelReply) -> list[ChartUpload]:
         """Cited files in citation order, then files the code wrote during the run without citing them."""
         refs = list(reply.charts)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest_asyncio
 
 from tests.conftest import Bot, BotFactory, process_env
-from tests.fakes import FakeOpenAI, FakeSlack, Turn, wait_for
+from tests.fakes import Chart, FakeOpenAI, FakeSlack, Turn, wait_for
 from tests.slack_payloads import ALICE, CHANNEL, DM, TEAM, block_action, dm, mention, new_ts
 
 LONG_TEXT = " ".join(f"Step {n}: subtract 11 from both sides, so **3x = 3** and x = 1." for n in range(12))
@@ -343,3 +343,24 @@ async def test_show_work_pressed_in_another_channel_shows_nothing_of_the_answer(
     (shown,) = await wait_for(lambda: bot.slack.ephemeral_messages, message="no reply to Show work")
     assert shown["channel"] == "C0OTHER" and "secret" not in str(shown)
     assert shown["text"] == "I can't show the work for this answer anymore."
+
+
+async def test_a_chart_is_uploaded_as_soon_as_the_answer_cites_it(bot: Bot) -> None:
+    _thinking(bot, latency=3.0, span=2.5)
+    bot.openai.queue(
+        Turn(
+            text="Here is the trend:",
+            charts=[Chart("trend.png")],
+            text_after_charts=" " + LONG_TEXT,
+            code="plot()",
+        )
+    )
+    ts = await _ask(bot, "Plot the trend")
+    await bot.wait_runs_finished(1, within=15)
+    (upload,) = bot.slack.uploads
+    assert upload.thread_ts == ts and upload.filename == "trend.png"
+    (shared,) = bot.slack.calls("files.completeUploadExternal")
+    (response,) = bot.openai.responses.values()
+    assert response.completed_at is not None and shared.received_at < response.completed_at - 1.0
+    (answer,) = _live(bot, ts)
+    assert "Step 11" in answer["text"]

@@ -110,6 +110,8 @@ class Turn:
     incomplete_reason: str | None = None
     #: Files the code writes but the text does not cite (source "assistant").
     extra_files: list[tuple[str, bytes]] = field(default_factory=list)
+    #: Text the model writes after citing its charts (the citations are then mid-answer).
+    text_after_charts: str = ""
 
 
 @dataclass
@@ -1056,10 +1058,23 @@ class FakeOpenAI(FakeServer):
             if part["type"] == "output_text":
                 words = re.findall(r"\S+\s*|\s+", part["text"]) or [""]
                 begin = ends - span
+                notes = list(enumerate(part.get("annotations") or []))
+                written = 0
                 for count, word in enumerate(words):
                     await self._until(state, begin + span * count / len(words))
                     self._emit(state, "response.output_text.delta", delta=word, logprobs=[], **ids)
-                for note_index, note in enumerate(part.get("annotations") or []):
+                    written += len(word)
+                    # A citation is announced as soon as its text has been written.
+                    while notes and int(notes[0][1].get("end_index") or 0) <= written:
+                        note_index, note = notes.pop(0)
+                        self._emit(
+                            state,
+                            "response.output_text.annotation.added",
+                            annotation=note,
+                            annotation_index=note_index,
+                            **ids,
+                        )
+                for note_index, note in notes:
                     self._emit(
                         state,
                         "response.output_text.annotation.added",
@@ -1127,6 +1142,7 @@ class FakeOpenAI(FakeServer):
             )
         for filename, content in turn.extra_files:
             self._add_container_file(container, filename, content, source="assistant")
+        text += turn.text_after_charts
         return {"type": "output_text", "text": text, "annotations": annotations, "logprobs": []}
 
     def _finish(self, state: ResponseState, *, append: bool = True) -> None:
