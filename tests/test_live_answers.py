@@ -268,7 +268,7 @@ async def test_kill_9_mid_stream_then_restart_completes_the_same_message(
     start_bot: BotFactory, spawn_worker: WorkerSpawner
 ) -> None:
     web = await start_bot(with_worker=False)
-    _thinking(web, latency=4.0, span=3.5)
+    _thinking(web, latency=8.0, span=7.5)  # long enough to kill it mid-answer on a busy machine
     web.openai.queue(Turn(text=LONG_TEXT, code=None))
     worker = await spawn_worker()
     ts = await _ask(web)
@@ -276,7 +276,7 @@ async def test_kill_9_mid_stream_then_restart_completes_the_same_message(
     async def half_written() -> bool:
         (run,) = await web.runs() or [None]
         shown = _live(web, ts)
-        return bool(run and run.stream_seq and shown and len(shown[0]["text"]) > 20)
+        return bool(run and run.stream_seq and shown and shown[0]["text"])
 
     await wait_for(half_written, timeout=20, message="the answer never started to stream")
     worker.send_signal(signal.SIGKILL)
@@ -294,7 +294,7 @@ async def test_kill_9_mid_stream_then_restart_completes_the_same_message(
     assert len(web.openai.creates()) == 1, "a second response was created"
     (resume, *_) = web.openai.resumes()
     assert int(resume.query["starting_after"]) > 0
-    assert time.monotonic() - restarted < 10
+    assert time.monotonic() - restarted < 15  # the model finishes 8 s after its create
 
 
 async def test_a_dropped_stream_is_picked_up_after_its_last_relayed_event(bot: Bot) -> None:
