@@ -107,13 +107,16 @@ async def answered(slack: FakeSlack, ts: str, within: float = 60.0) -> None:
 
 
 def timing(slack: FakeSlack, openai: FakeOpenAI, ts: str) -> Timing:
-    (create,) = [
+    (response,) = [
         r
-        for r in openai.creates()
-        if str((r.json or {}).get("metadata", {}).get("slack_thread", "")).endswith(ts)
+        for r in openai.responses.values()
+        if str(r.request["metadata"].get("slack_thread", "")).endswith(ts)
     ]
-    first_delta = create.received_at + MODEL_SECONDS - WRITING_SECONDS
-    completed = create.received_at + MODEL_SECONDS
+    # When the fake model actually wrote its first words and finished (a bot that polls gets a
+    # response without deltas: its first words would have come where a streamed one's do).
+    completed = response.completed_at
+    assert completed is not None
+    first_delta = response.first_delta_at or completed - WRITING_SECONDS
     mine = {m["ts"] for m in slack.messages(CHANNEL, ts, live=True)}
     shown = [
         r

@@ -140,7 +140,7 @@ class WorkStep:
 class AnswerEvent:
     """One event of a streamed response, as the relay needs it. At most one of `response_id`
     (the response exists: the first event), `text` (a piece of the answer), `step` (work started
-    or finished) and `reply` (the response is over) is set."""
+    or finished), `chart` (a file cited) and `reply` (the response is over) is set."""
 
     sequence: int
     response_id: str | None = None
@@ -148,6 +148,8 @@ class AnswerEvent:
     #: The output item the text belongs to (a new item starts a new paragraph).
     item_id: str = ""
     step: WorkStep | None = None
+    #: A file the text just cited (a chart): it can be uploaded now.
+    chart: ChartRef | None = None
     reply: ModelReply | None = None
 
 
@@ -464,6 +466,11 @@ def _answer_event(raw: Any) -> AnswerEvent | None:
         raw.item.type == "code_interpreter_call"
     ):
         return AnswerEvent(sequence, step=_step(raw.item, done=kind.endswith(".done")))
+    if kind == "response.output_text.annotation.added":
+        note = raw.annotation
+        if getattr(note, "type", None) == "container_file_citation":
+            return AnswerEvent(sequence, chart=ChartRef(note.container_id, note.file_id, note.filename))
+        return AnswerEvent(sequence)
     if kind in ("response.completed", "response.incomplete", "response.failed"):
         response = raw.response
         return AnswerEvent(

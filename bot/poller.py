@@ -35,7 +35,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot import errors
-from bot.ai import AnswerEvent, ModelReply, OpenAIGateway
+from bot.ai import AnswerEvent, ChartRef, ModelReply, OpenAIGateway
 from bot.config import Settings
 from bot.live import LiveAnswer, LiveMode, LiveState
 from bot.logs import bind, log_context
@@ -472,12 +472,16 @@ class Poller:
         live = self._live_answer(run, resumed=resumed)
         live.start()
         status = asyncio.create_task(self._keep_status_while_silent(run, live), name=f"status-{run.id}")
+        charts = _CitedCharts(self._replier, run)
         reply: ModelReply | None = None
         try:
             async with contextlib.aclosing(events) as stream:
                 async for event in stream:
                     if event.response_id is not None and event.response_id != run.response_id:
                         await self._started(run, event.response_id)
+                    if event.chart is not None:
+                        # Uploaded now only below words already in the thread, else with the answer.
+                        charts.cited(event.chart, upload=live.text_shown)
                     live.add(event)
                     if live.failure is not None:
                         raise live.failure
@@ -487,6 +491,7 @@ class Poller:
         finally:
             status.cancel()
             await live.close()
+            await charts.uploaded()
         if live.failure is not None:
             raise live.failure
         if run.response_id is None:
@@ -743,6 +748,34 @@ def _describe(exc: BaseException) -> str:
     cause = getattr(exc, "orig", None) or exc.__cause__ or exc
     first = str(cause).strip().splitlines()[0][:160] if str(cause).strip() else ""
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+class _CitedCharts:
+    """Charts uploaded as soon as the answer cites them, each once (the replier's delivery rows),
+    when the answer's words are already in the thread (else they'd come before it); all are done
+    before the answer is delivered, which uploads the others and any that failed here."""
+
+    def __init__(self, replier: Replier, run: Run) -> None:
+        self._replier = replier
+        self._run = run
+        self._seen: set[str] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def cited(self, chart: ChartRef, *, upload: bool) -> None:
+        if chart.file_id in self._seen:
+            return
+        self._seen.add(chart.file_id)  # numbered in citation order, as the replier numbers them
+        if not upload:
+            return
+        uploading = self._replier.upload_cited(self._run, chart, len(self._seen))
+        self._tasks.append(asyncio.create_task(uploading, name=f"chart-{self._run.id}"))
+
+    async def uploaded(self) -> None:
+        for outcome in await asyncio.gather(*self._tasks, return_exceptions=True):
+            if isinstance(outcome, BaseException) and not isinstance(outcome, asyncio.CancelledError):
+                log.info(
+                    "run %s: a cited chart is uploaded with the answer instead (%s)", self._run.id, outcome
+                )
 
 
 async def _woken(event: asyncio.Event, *, within: float) -> None:

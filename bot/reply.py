@@ -90,6 +90,8 @@ class Replier:
         self._slack = slack
         self._max_file_mb = max_file_mb
         self._math_images = math_images
+        #: Per run being delivered: the live messages its parts went into.
+        self._used_live: dict[int, set[str]] = {}
 
     async def offer(self, run: Run) -> None:
         """Ask, in the thread of a shared spreadsheet, whether to analyse it (with a button)."""
@@ -126,6 +128,7 @@ class Replier:
     async def deliver(self, run: Run, reply: ModelReply | None) -> None:
         """Post the answer (or the one-sentence error) and every chart of `run`."""
         place = place_of(run)
+        self._used_live[run.id] = set()
         await self._tell_rejected_files(run, place)
         failure = errors.from_code(run.error_code, run.error_message or "") if run.error_code else None
         if failure is None and reply is not None:
@@ -328,6 +331,11 @@ class Replier:
         """A one-off notice in the run's thread (posted once per run and key)."""
         await self._post_once(run, place_of(run), key, text)
 
+    async def upload_cited(self, run: Run, chart: ChartRef, number: int) -> None:
+        """A chart the answer cites, uploaded while the answer is still being written; the same
+        delivery row as at the end (`file:<id>`), so it is uploaded once."""
+        await self._upload_once(run, place_of(run), _name_chart(chart, number))
+
     async def _charts(self, run: Run, reply: ModelReply) -> list[ChartUpload]:
         """Cited files in citation order, then files the code wrote during the run without citing them."""
         refs = list(reply.charts)
@@ -370,6 +378,7 @@ class Replier:
     ) -> None:
         live = await self._live_message(run, place, key)
         if live is not None:
+            self._used_live.setdefault(run.id, set()).add(live)
             await self._rewrite_once(run, place, key, live, text, blocks=blocks)
             return
         delivery, created = await self._start(run, key)
@@ -424,15 +433,10 @@ class Replier:
         return messages[index] if index < len(messages) else None
 
     async def _clear_unused_live_messages(self, run: Run, place: Place) -> None:
-        """A live answer that ran into more messages than its final form needs: the extra go."""
-        if not run.stream_messages:
-            return
-        async with self._sessions() as session:
-            used = {
-                delivery.slack_ts
-                for key in [f"text:{n}" for n in range(len(run.stream_messages or []))] + ["error"]
-                if (delivery := await repo.get_delivery(session, run_id=run.id, key=key)) is not None
-            }
+        """A live answer that ran into more messages than its final form needs: the extra go.
+        Every part of the answer passed through `_post_once` in this call (done ones too), so the
+        messages used are known here."""
+        used = self._used_live.pop(run.id, set())
         for ts in run.stream_messages or []:
             if ts not in used:
                 await self._fence(run)

@@ -613,3 +613,21 @@ def test_format_reply_worked_solution_split() -> None:
 def test_format_reply_empty() -> None:
     assert format_reply("") == []
     assert format_reply("\n\n") == []
+
+
+def test_a_live_answer_gets_only_the_glue_slack_lacks() -> None:
+    from bot.formatting import live_markdown, stable_end
+
+    text = "Use `2**10` and x_1*y_2 with a < b & c; <!here> see [plot.png](sandbox:/mnt/data/plot.png) "
+    shown = live_markdown(text[: stable_end(text)])
+    assert "`2**10`" in shown and "x_1*y_2" in shown and "a < b & c" in shown  # Slack renders Markdown
+    assert "<!here>" not in shown and "sandbox:" not in shown and "plot.png" in shown
+    assert live_markdown("so \\(x^2\\) ") == "so x² "
+
+
+def test_a_live_answer_holds_back_what_has_not_closed_yet() -> None:
+    from bot.formatting import stable_end
+
+    assert stable_end("see [the chart](sandbox:/mnt/da") == len("see ")
+    assert stable_end("so \\(x^2 + ") == len("so ")
+    assert stable_end("half a wo") == len("half a ")

@@ -122,6 +122,8 @@ class Turn:
     citations: list[tuple[str, str]] = field(default_factory=list)
     #: Also leave an Assistants-era marker (``【4:0†name】``) in the text for each citation.
     legacy_markers: bool = False
+    #: Text the model writes after citing its charts (the citations are then mid-answer).
+    text_after_charts: str = ""
 
 
 @dataclass
@@ -303,6 +305,9 @@ class ResponseState:
     hurry: asyncio.Event = field(default_factory=asyncio.Event)
     #: A streamed response's final body while its events are still being sent.
     final: dict[str, Any] | None = None
+    #: Wall-clock times (time.time()) of the first text delta and of the end, for benchmarks.
+    first_delta_at: float | None = None
+    completed_at: float | None = None
 
     @property
     def status(self) -> str:
@@ -1243,6 +1248,10 @@ class FakeOpenAI(FakeServer):
         return response
 
     def _emit(self, state: ResponseState, type_: str, **fields: Any) -> None:
+        if type_ == "response.output_text.delta" and state.first_delta_at is None:
+            state.first_delta_at = time.time()
+        elif type_ in ("response.completed", "response.incomplete", "response.failed"):
+            state.completed_at = time.time()
         state.events.append({"type": type_, "sequence_number": len(state.events), **fields})
         changed, state.changed = state.changed, asyncio.Event()
         changed.set()
@@ -1324,10 +1333,23 @@ class FakeOpenAI(FakeServer):
             if part["type"] == "output_text":
                 words = re.findall(r"\S+\s*|\s+", part["text"]) or [""]
                 begin = ends - span
+                notes = list(enumerate(part.get("annotations") or []))
+                written = 0
                 for count, word in enumerate(words):
                     await self._until(state, begin + span * count / len(words))
                     self._emit(state, "response.output_text.delta", delta=word, logprobs=[], **ids)
-                for note_index, note in enumerate(part.get("annotations") or []):
+                    written += len(word)
+                    # A citation is announced as soon as its text has been written.
+                    while notes and int(notes[0][1].get("end_index") or 0) <= written:
+                        note_index, note = notes.pop(0)
+                        self._emit(
+                            state,
+                            "response.output_text.annotation.added",
+                            annotation=note,
+                            annotation_index=note_index,
+                            **ids,
+                        )
+                for note_index, note in notes:
                     self._emit(
                         state,
                         "response.output_text.annotation.added",
@@ -1395,9 +1417,12 @@ class FakeOpenAI(FakeServer):
             )
         for filename, content in turn.extra_files:
             self._add_container_file(container, filename, content, source="assistant")
+        text += turn.text_after_charts
         return {"type": "output_text", "text": text, "annotations": annotations, "logprobs": []}
 
     def _finish(self, state: ResponseState, *, append: bool = True) -> None:
+        if not state.streamed:
+            state.completed_at = time.time()
         turn = state.turn
         if turn.status == "failed":
             default = {"code": "server_error", "message": "The model failed to generate a response."}
