@@ -142,11 +142,14 @@ class LiveAnswer:
         elif self._raw[self._sent :].strip():
             self._wake.set()
 
-    async def close(self) -> LiveState:
-        """Stop relaying (a call in flight finishes); the messages stay for the final answer."""
+    async def close(self, *, abort: bool = False) -> LiveState:
+        """Stop relaying (a call in flight finishes, unless `abort`: the run is being stopped);
+        the messages stay for the final answer."""
         self._closing = True
         self._wake.set()
         if self._task is not None:
+            if abort:
+                self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         return self.state
 

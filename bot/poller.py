@@ -474,6 +474,7 @@ class Poller:
         status = asyncio.create_task(self._keep_status_while_silent(run, live), name=f"status-{run.id}")
         charts = _CitedCharts(self._replier, run)
         reply: ModelReply | None = None
+        stopped = False
         try:
             async with contextlib.aclosing(events) as stream:
                 async for event in stream:
@@ -488,9 +489,15 @@ class Poller:
                     if event.reply is not None:
                         reply = event.reply
                         break
+        except asyncio.CancelledError:
+            # The run is being stopped (shutdown, or its deadline): calls in flight are abandoned,
+            # not waited for; delivery rows and the stream state say what happened.
+            stopped = True
+            charts.cancel()
+            raise
         finally:
             status.cancel()
-            await live.close()
+            await live.close(abort=stopped)
             await charts.uploaded()
         if live.failure is not None:
             raise live.failure
@@ -769,6 +776,10 @@ class _CitedCharts:
             return
         uploading = self._replier.upload_cited(self._run, chart, len(self._seen))
         self._tasks.append(asyncio.create_task(uploading, name=f"chart-{self._run.id}"))
+
+    def cancel(self) -> None:
+        for task in self._tasks:
+            task.cancel()
 
     async def uploaded(self) -> None:
         for outcome in await asyncio.gather(*self._tasks, return_exceptions=True):
