@@ -149,7 +149,7 @@ async def main() -> None:
             for index in PARTIAL_INDEXES:
                 await connection.exec_driver_sql(f"DROP INDEX {index}")
             await connection.exec_driver_sql("ANALYZE runs")
-        await measure(engine, args.rounds, "without them (the indexes before 0005)")
+        await measure(engine, args.rounds, "without them (the indexes before 0006)")
     finally:
         await engine.dispose()
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
