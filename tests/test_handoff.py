@@ -4,7 +4,6 @@ polling stays the fallback, and the LISTEN connection comes back by itself after
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,9 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from db.migrate import upgrade
-from db.models import Cleanup, Run, TutorThread, utcnow
+from db.models import Cleanup, Run, utcnow
 from db.notify import WorkListener
 from tests.fakes import FakeOpenAI, wait_for
+from tests.rows import new_run, new_thread
 from tests.slack_payloads import as_json, mention, new_ts
 from tests.tcp_proxy import TcpProxy
 from tests.test_rescue import Processes, processes  # noqa: F401  (fixture)
@@ -63,34 +63,7 @@ async def _stop(task: asyncio.Task[None]) -> None:
 
 
 async def _new_run(engine: AsyncEngine) -> int:
-    async with engine.begin() as connection:
-        thread_id = (
-            await connection.execute(
-                insert(TutorThread)
-                .values(team_id="T1", channel_id="C1", thread_ts=new_ts(), state="active")
-                .returning(TutorThread.id)
-            )
-        ).scalar_one()
-        return int(
-            (
-                await connection.execute(
-                    insert(Run)
-                    .values(
-                        run_uuid=str(uuid.uuid4()),
-                        thread_id=thread_id,
-                        team_id="T1",
-                        channel_id="C1",
-                        message_ts=new_ts(),
-                        user_id="U1",
-                        text="What is 2 + 2?",
-                        status="queued",
-                        next_attempt_at=utcnow(),
-                        created_at=utcnow(),
-                    )
-                    .returning(Run.id)
-                )
-            ).scalar_one()
-        )
+    return await new_run(engine, await new_thread(engine))
 
 
 async def _set(engine: AsyncEngine, run_id: int, **values: object) -> None:

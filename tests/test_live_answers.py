@@ -3,19 +3,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
-import sys
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import pytest_asyncio
-
-from tests.conftest import Bot, BotFactory, process_env
-from tests.fakes import Chart, FakeOpenAI, FakeSlack, Turn, wait_for
+from tests.conftest import Bot, BotFactory
+from tests.fakes import Chart, Turn, wait_for
 from tests.slack_payloads import ALICE, CHANNEL, DM, TEAM, block_action, dm, mention, new_ts
+from tests.test_exactly_once import spawn_worker  # noqa: F401  (fixture)
 
 LONG_TEXT = " ".join(f"Step {n}: subtract 11 from both sides, so **3x = 3** and x = 1." for n in range(12))
 SHOW_WORK = "tutor_show_work"
@@ -230,42 +225,9 @@ async def test_a_long_answer_goes_on_in_a_follow_up_message(bot: Bot) -> None:
 WorkerSpawner = Any
 
 
-@pytest_asyncio.fixture
-async def spawn_worker(
-    database_url: str, fake_slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path
-) -> AsyncIterator[WorkerSpawner]:
-    processes: list[asyncio.subprocess.Process] = []
-
-    async def spawn() -> asyncio.subprocess.Process:
-        env = process_env(
-            fake_slack,
-            fake_openai,
-            DATABASE_URL=database_url,
-            TUTOR_POLL_INTERVAL="0.05",
-            TUTOR_LEASE_SECONDS="1",
-        )
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bot",
-            "worker",
-            env=env,
-            cwd=tmp_path,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        processes.append(process)
-        return process
-
-    yield spawn
-    for process in processes:
-        if process.returncode is None:
-            process.kill()
-        await process.wait()
-
-
 async def test_kill_9_mid_stream_then_restart_completes_the_same_message(
-    start_bot: BotFactory, spawn_worker: WorkerSpawner
+    start_bot: BotFactory,
+    spawn_worker: WorkerSpawner,  # noqa: F811
 ) -> None:
     web = await start_bot(with_worker=False)
     _thinking(web, latency=8.0, span=7.5)  # long enough to kill it mid-answer on a busy machine

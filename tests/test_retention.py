@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -15,8 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.retention import LOCK_KEY, Retention
 from db.migrate import upgrade
-from db.models import Cleanup, Delivery, Run, ThreadFile, TutorThread, utcnow
+from db.models import Cleanup, Delivery, Run, ThreadFile, utcnow
 from db.session import make_engine
+from tests.rows import new_run, new_thread
 
 NOW = datetime(2027, 3, 1, 12, 0, tzinfo=utcnow().tzinfo)
 OLD = NOW - timedelta(days=40)
@@ -36,47 +36,8 @@ async def engine(backend_url: str) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
-async def _thread(engine: AsyncEngine) -> int:
-    async with engine.begin() as connection:
-        return int(
-            (
-                await connection.execute(
-                    insert(TutorThread)
-                    .values(team_id="T1", channel_id="C1", thread_ts=uuid.uuid4().hex[:16], state="active")
-                    .returning(TutorThread.id)
-                )
-            ).scalar_one()
-        )
-
-
 async def _run(engine: AsyncEngine, thread_id: int, *, status: str, at: datetime, text: str = "Q") -> int:
-    finished = at if status in ("done", "failed") else None
-    async with engine.begin() as connection:
-        run_id = int(
-            (
-                await connection.execute(
-                    insert(Run)
-                    .values(
-                        run_uuid=str(uuid.uuid4()),
-                        thread_id=thread_id,
-                        team_id="T1",
-                        channel_id="C1",
-                        message_ts=uuid.uuid4().hex[:16],
-                        user_id="U1",
-                        text=text,
-                        status=status,
-                        next_attempt_at=at,
-                        created_at=at,
-                        finished_at=finished,
-                    )
-                    .returning(Run.id)
-                )
-            ).scalar_one()
-        )
-        await connection.execute(
-            insert(Delivery).values(run_id=run_id, key="text:0", state="done", created_at=at)
-        )
-    return run_id
+    return await new_run(engine, thread_id, status=status, at=at, text=text, delivered=True)
 
 
 async def _count(engine: AsyncEngine, model: Any, *where: Any) -> int:
@@ -85,7 +46,7 @@ async def _count(engine: AsyncEngine, model: Any, *where: Any) -> int:
 
 
 async def test_only_what_is_old_is_pruned_in_batches(engine: AsyncEngine) -> None:
-    thread = await _thread(engine)
+    thread = await new_thread(engine)
     old = [await _run(engine, thread, status="done", at=OLD, text=f"old secret {i}") for i in range(5)]
     old.append(await _run(engine, thread, status="failed", at=OLD))
     recent = await _run(engine, thread, status="done", at=RECENT)
@@ -144,7 +105,7 @@ async def test_one_worker_at_a_time_prunes(postgres_url: str) -> None:
     await asyncio.to_thread(upgrade, postgres_url)
     engine = make_engine(postgres_url)
     try:
-        thread = await _thread(engine)
+        thread = await new_thread(engine)
         await _run(engine, thread, status="done", at=OLD)
         async with engine.connect() as other_worker:
             await other_worker.execute(
