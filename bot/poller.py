@@ -739,8 +739,7 @@ class Poller:
     async def _fence(self, run: Run) -> None:
         """LeaseLost unless this worker's claim on `run` still stands (owner and generation)."""
         async with self._sessions() as session:
-            if not await leases.holds(session, run):
-                raise LeaseLost(run.id)
+            await leases.ensure_held(session, run)
 
     async def _change(self, run: Run, transition: Callable[[AsyncSession], Awaitable[bool]]) -> None:
         """Apply a lease-checked transition (`db.repo`); LeaseLost when another worker holds the run."""

@@ -474,15 +474,13 @@ class Replier:
     async def _fence(self, run: Run) -> None:
         """LeaseLost unless this worker's claim on the run still stands: checked before Slack."""
         async with self._sessions() as session:
-            if not await leases.holds(session, run):
-                raise leases.LeaseLost(run.id)
+            await leases.ensure_held(session, run)
 
     async def _start(self, run: Run, key: str) -> tuple[Delivery, bool]:
         """The delivery row, written only while this worker's claim on the run still stands: a
         worker that was frozen past its lease (and the run claimed again) stops here, before Slack."""
         async with self._sessions.begin() as session:
-            if not await leases.holds(session, run):
-                raise leases.LeaseLost(run.id)
+            await leases.ensure_held(session, run)
             return await repo.start_delivery(session, run_id=run.id, key=key)
 
     async def _attempting(self, delivery_id: int, *, done: bool = False) -> None:

@@ -154,3 +154,9 @@ async def holds(session: AsyncSession, run: Run) -> bool:
         )
     )
     return held is not None and run.lease_owner is not None
+
+
+async def ensure_held(session: AsyncSession, run: Run) -> None:
+    """LeaseLost unless `holds`: the fence before a Slack call or a delivery row."""
+    if not await holds(session, run):
+        raise LeaseLost(run.id)
