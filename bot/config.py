@@ -112,7 +112,11 @@ class Settings(DatabaseSettings):
     @property
     def distribution(self) -> bool:
         """Installed through OAuth in many workspaces (no SLACK_BOT_TOKEN, client id and secret set)."""
-        return self.slack_bot_token is None and bool(self.slack_client_id) and self.slack_client_secret is not None
+        return (
+            self.slack_bot_token is None
+            and bool(self.slack_client_id)
+            and self.slack_client_secret is not None
+        )
 
 
 class _ModeSettings(DatabaseSettings):
@@ -127,7 +131,10 @@ def _missing_slack_credentials(mode: _ModeSettings) -> list[str]:
     """SLACK_BOT_TOKEN (one workspace), or the OAuth client id and secret (many): what is missing."""
     if mode.slack_bot_token is not None:
         return []
-    oauth = {"SLACK_CLIENT_ID": bool(mode.slack_client_id), "SLACK_CLIENT_SECRET": bool(mode.slack_client_secret)}
+    oauth = {
+        "SLACK_CLIENT_ID": bool(mode.slack_client_id),
+        "SLACK_CLIENT_SECRET": bool(mode.slack_client_secret),
+    }
     if not any(oauth.values()):
         return ["SLACK_BOT_TOKEN"]
     return [name for name, present in oauth.items() if not present]
