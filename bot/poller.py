@@ -295,9 +295,20 @@ class Poller:
                     )
                     if self._to_release:
                         await leases.release_leases(session, owners=[self.owner], run_ids=self._to_release)
+                    lost = await leases.lost_leases(session, run_ids=list(self._active), owner=self.owner)
                 self._to_release.clear()
+                self._stop_lost(lost)
             except (SQLAlchemyError, OSError) as exc:
                 log.warning("run-poller: heart-beat failed (%s)", _describe(exc))
+
+    def _stop_lost(self, run_ids: set[int]) -> None:
+        """Stop driving runs no longer ours (another worker's now, or ended by an uninstall): a
+        stream with nothing to relay would otherwise go on until its response is over."""
+        for run_id in run_ids:
+            task = self._active.get(run_id)
+            if task is not None and not task.done():
+                log.info("run %s: no longer held by this worker; stopping it", run_id)
+                task.cancel()
 
     async def _hand_back(self) -> None:
         """Shutdown: finish what finishes within the grace period, release the rest to the next worker."""
