@@ -246,6 +246,17 @@ class _NotAboutTheEnvToken(logging.Filter):
 logging.getLogger("slack_bolt.AsyncApp").addFilter(_NotAboutTheEnvToken())
 
 
+class _NotInstalledSaidOnce(logging.Filter):
+    """Distribution mode: a request from a workspace without an installation is logged once, by
+    InstalledAuthorize (with the team); Bolt's second, team-less error line about it is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Although the app should be installed into this workspace")
+
+
+logging.getLogger("slack_bolt.AsyncMultiTeamsAuthorization").addFilter(_NotInstalledSaidOnce())
+
+
 def web_app(components: Components, *, with_worker: bool, with_slack: bool = True) -> web.Application:
     """`POST /slack/events` (events, commands, interactivity), `GET /healthz` and `GET /metrics`.
 

@@ -4,14 +4,23 @@
 from __future__ import annotations
 
 import html
+import json
+import logging
+import os
 import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
+import pytest
 from sqlalchemy import func, select, update
 
+from bot.cli import main
+from bot.config import load_settings
+from bot.doctor import run_checks
+from bot.errors import ConfigError
 from bot.manifest import BOT_SCOPES
 from bot.workspaces import InstalledWorkspaces
 from db.models import RunStatus, slack_bots, slack_installations
@@ -128,11 +137,16 @@ async def test_two_workspaces_are_each_answered_with_their_own_token(start_bot: 
     assert {c.bearer for c in bot.slack.calls("files.getUploadURLExternal")} == {token_a}
 
 
-async def test_a_workspace_that_never_installed_is_acked_and_ignored(start_bot: BotFactory) -> None:
+async def test_a_workspace_that_never_installed_is_acked_and_ignored(
+    start_bot: BotFactory, caplog: pytest.LogCaptureFixture
+) -> None:
     bot = await _distribution_bot(start_bot)
     await _install(bot, TEAM_A)
+    caplog.clear()
     status, _ = await bot.send(_in("T0CCC", "C0CCC", bot, "Solve 3x + 11 = 14"))
     assert status == 200
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert lines == ["ignored a request from workspace T0CCC, which has not installed the app"]
     assert await bot.runs() == []
     assert bot.openai.calls("POST /v1/responses$") == []
     assert not [c for m in SHOWING for c in bot.slack.calls(m)]
@@ -235,3 +249,73 @@ async def test_single_workspace_mode_serves_no_install_pages(bot: Bot) -> None:
     for path in ("/slack/install", "/slack/oauth_redirect"):
         async with bot.http.get(f"{bot.url}{path}") as response:
             assert response.status == 404
+
+
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, **values: str) -> None:
+    monkeypatch.chdir(tmp_path)  # no .env
+    for name in list(os.environ):
+        if name.startswith(("SLACK_", "OPENAI_", "TUTOR_", "DATABASE_")):
+            monkeypatch.delenv(name)
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_distribution_mode_names_the_missing_half_of_the_client_credentials(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _clean_env(
+        monkeypatch, tmp_path, SLACK_CLIENT_ID="1111.2222", SLACK_SIGNING_SECRET="s", OPENAI_API_KEY="k"
+    )
+    with pytest.raises(ConfigError) as refused:
+        load_settings()
+    assert "SLACK_CLIENT_SECRET" in str(refused.value) and "SLACK_BOT_TOKEN" not in str(refused.value)
+    monkeypatch.setenv("SLACK_CLIENT_SECRET", "fake-client-secret")
+    settings = load_settings()
+    assert settings.distribution and settings.slack_bot_token is None
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-one")  # a bot token wins: single-workspace mode
+    assert not load_settings().distribution
+
+
+def test_the_manifest_gets_the_oauth_redirect_url_with_url(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["manifest", "--format", "json", "--url", "https://tutor.example.org/base/"]) == 0
+    manifest = json.loads(capsys.readouterr().out)
+    assert manifest["oauth_config"]["redirect_urls"] == [
+        "https://tutor.example.org/base/slack/oauth_redirect"
+    ]
+    assert {"app_uninstalled", "tokens_revoked"} <= set(
+        manifest["settings"]["event_subscriptions"]["bot_events"]
+    )
+    assert main(["manifest", "--format", "json", "--socket-mode"]) == 0
+    assert "redirect_urls" not in json.loads(capsys.readouterr().out)["oauth_config"]
+
+
+async def test_doctor_checks_each_installation_without_printing_a_secret(
+    start_bot: BotFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    database_url: str,
+) -> None:
+    bot = await _distribution_bot(start_bot)
+    tokens = [await _install(bot, TEAM_A), await _install(bot, TEAM_B)]
+    _clean_env(
+        monkeypatch,
+        tmp_path,
+        SLACK_CLIENT_ID=bot.slack.client_id,
+        SLACK_CLIENT_SECRET=bot.slack.client_secret,
+        SLACK_SIGNING_SECRET="signing-secret",
+        SLACK_API_URL=bot.slack.api_url,
+        OPENAI_API_KEY=bot.openai.api_key,
+        OPENAI_BASE_URL=bot.openai.base_url,
+        DATABASE_URL=database_url,
+    )
+    assert await run_checks() == 0
+    out = capsys.readouterr().out
+    assert "distribution mode" in out
+    assert "2 workspaces installed; auth.test with 2 of their tokens: all accepted" in out
+    bot.slack.uninstall(TEAM_B)  # its token stops working
+    assert await run_checks() == 1
+    out += capsys.readouterr().out
+    assert f"refused for {TEAM_B} (auth.test: invalid_auth)" in out
+    for secret in (*tokens, bot.slack.client_secret, "signing-secret"):
+        assert secret not in out
