@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
 import logging
@@ -23,6 +24,7 @@ from bot.doctor import run_checks
 from bot.errors import ConfigError
 from bot.manifest import BOT_SCOPES
 from bot.workspaces import InstalledWorkspaces
+from db.migrate import upgrade
 from db.models import RunStatus, slack_bots, slack_installations
 from tests.conftest import Bot, BotFactory
 from tests.fakes import Chart, Turn, wait_for
@@ -43,9 +45,12 @@ SHOWING = (
 )
 
 
-async def _distribution_bot(start_bot: BotFactory) -> Bot:
+async def _distribution_bot(start_bot: BotFactory, **overrides: Any) -> Bot:
     bot = await start_bot(
-        slack_bot_token=None, slack_client_id="1111.2222", slack_client_secret="fake-client-secret"
+        slack_bot_token=None,
+        slack_client_id="1111.2222",
+        slack_client_secret="fake-client-secret",
+        **overrides,
     )
     bot.slack.channel_teams.update({CHANNEL_A: TEAM_A, CHANNEL_B: TEAM_B})
     return bot
@@ -319,3 +324,23 @@ async def test_doctor_checks_each_installation_without_printing_a_secret(
     assert f"refused for {TEAM_B} (auth.test: invalid_auth)" in out
     for secret in (*tokens, bot.slack.client_secret, "signing-secret"):
         assert secret not in out
+
+
+@pytest.mark.postgres
+async def test_installs_rotation_and_uninstall_on_postgres(start_bot: BotFactory, postgres_url: str) -> None:
+    await asyncio.to_thread(upgrade, postgres_url)
+    bot = await _distribution_bot(start_bot, url=postgres_url)
+    await _install(bot, TEAM_A, rotation=True)
+    token_b = await _install(bot, TEAM_B)
+    await _expire(bot, TEAM_A)
+    ts_a, ts_b = new_ts(), new_ts()
+    await bot.send(_in(TEAM_A, CHANNEL_A, bot, "Solve 3x + 11 = 14", ts=ts_a))
+    await bot.send(_in(TEAM_B, CHANNEL_B, bot, "Solve 3x + 11 = 14", ts=ts_b))
+    runs = await bot.wait_runs_finished(2, within=20)
+    assert {r.status for r in runs} == {"done"}
+    assert _tokens_in(bot, CHANNEL_A) == {bot.slack.workspaces[TEAM_A].bot_token}
+    assert _tokens_in(bot, CHANNEL_B) == {token_b}
+    assert [c.args.get("grant_type") for c in bot.slack.calls("oauth.v2.access")][-1] == "refresh_token"
+    await bot.send(_event(TEAM_B, {"type": "app_uninstalled", "event_ts": new_ts()}))
+    await wait_for(lambda: _no_bots(bot, TEAM_B), message="installation not deleted")
+    assert await _bots(bot, TEAM_A) == 1
