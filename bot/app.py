@@ -8,13 +8,19 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
-from slack_bolt.adapter.aiohttp import to_aiohttp_response
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.authorization import AuthorizeResult
 from slack_bolt.logger.messages import warning_client_prioritized_and_token_skipped
+from slack_bolt.oauth.async_oauth_flow import AsyncOAuthFlow
+from slack_bolt.oauth.async_oauth_settings import AsyncOAuthSettings
+from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_bolt.response import BoltResponse
+from slack_sdk.oauth.installation_store.sqlalchemy import AsyncSQLAlchemyInstallationStore
+from slack_sdk.oauth.state_store.sqlalchemy import AsyncSQLAlchemyOAuthStateStore
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -25,21 +31,25 @@ from bot.config import Settings
 from bot.errors import ConfigError
 from bot.handlers.http import MalformedRequest, RawBodyVerifier, bolt_request, is_ssl_check, signature_problem
 from bot.identity import BotIdentity
+from bot.manifest import BOT_SCOPES
 from bot.metrics import CONTENT_TYPE, Metrics
 from bot.notifier import WakeUp
 from bot.pacing import Pacer
-from bot.poller import Poller
+from bot.poller import Crew, Crews, Poller
 from bot.prepare import RunPreparer
 from bot.reply import Replier
 from bot.retention import Retention
 from bot.slack_api import SlackGateway, make_web_client
 from bot.socket_mode import SocketModeLink, log_fatal
 from bot.tutor import Tutor
+from bot.workspaces import InstalledAuthorize, InstalledWorkspaces, OneWorkspace, Workspaces
 from db.session import make_engine, make_sessionmaker
 
 log = logging.getLogger(__name__)
 
 EVENTS_PATH = "/slack/events"
+#: How long an install started at /slack/install may take to come back to /slack/oauth_redirect.
+OAUTH_STATE_SECONDS = 600
 #: How long startup waits for auth.test before serving anyway (it keeps trying in the background).
 IDENTITY_WAIT = 2.0
 #: /healthz gives the database this long to answer `SELECT 1` (a load balancer's probe has a timeout).
@@ -55,6 +65,8 @@ class Components:
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     ai: OpenAIGateway
+    #: Single-workspace mode: SLACK_BOT_TOKEN's gateway. Distribution mode: one with no token
+    #: (runs and requests speak through `workspaces`).
     slack: SlackGateway
     tutor: Tutor
     poller: Poller
@@ -65,10 +77,15 @@ class Components:
     #: Called with one sentence when the process cannot go on (e.g. Slack refused the app token).
     on_fatal: Callable[[str], None] = field(default=log_fatal)
     metrics: Metrics = field(default_factory=Metrics)
+    workspaces: Workspaces | None = None
+    #: Distribution mode: Bolt's OAuth flow (GET /slack/install, GET /slack/oauth_redirect).
+    oauth: AsyncOAuthFlow | None = None
 
     async def close(self) -> None:
         await self.ai.close()
         await self.slack.close()
+        if self.workspaces is not None:
+            await self.workspaces.close()
         # Connections to a database that went away must not hold up a stopping process.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5.0):
@@ -84,10 +101,7 @@ def build(settings: Settings) -> Components:
     sessions = make_sessionmaker(engine)
     metrics = Metrics()
     metrics.track_queue(engine)
-    token = settings.slack_bot_token.get_secret_value()
     pacer = Pacer(rate=settings.tutor_slack_channel_rate, burst=settings.tutor_slack_channel_burst)
-    client = make_web_client(token, settings.slack_api_url, pacer=pacer)
-    slack = SlackGateway(client, metrics=metrics.slack)
     ai = OpenAIGateway(
         api_key=settings.openai_api_key.get_secret_value(),
         base_url=settings.openai_base_url,
@@ -95,56 +109,130 @@ def build(settings: Settings) -> Components:
         metrics=metrics.openai,
     )
     wake = WakeUp()
-    tutor = Tutor(sessions=sessions, slack=slack, settings=settings, wake=wake)
-    preparer = RunPreparer(sessions=sessions, ai=ai, slack=slack, settings=settings)
-    replier = Replier(
-        sessions=sessions,
-        ai=ai,
-        slack=slack,
-        max_file_mb=settings.tutor_max_file_mb,
-        math_images=settings.tutor_math_images,
+    slack, identity, workspaces, oauth = _slack_side(settings, sessions, engine, pacer, metrics)
+    forget = workspaces.forget if isinstance(workspaces, InstalledWorkspaces) else None
+    tutor = Tutor(
+        sessions=sessions, workspaces=workspaces, settings=settings, wake=wake, forget_workspace=forget
     )
+
+    def crew(gateway: SlackGateway) -> Crew:
+        replier = Replier(
+            sessions=sessions,
+            ai=ai,
+            slack=gateway,
+            max_file_mb=settings.tutor_max_file_mb,
+            math_images=settings.tutor_math_images,
+        )
+        return Crew(gateway, RunPreparer(sessions=sessions, ai=ai, slack=gateway, settings=settings), replier)
+
     poller = Poller(
         engine=engine,
         sessions=sessions,
-        preparer=preparer,
-        replier=replier,
+        crews=Crews(workspaces, crew),
         ai=ai,
-        slack=slack,
         settings=settings,
         wake=wake,
         metrics=metrics,
     )
     metrics.track_worker(poller)
-    identity = BotIdentity(slack, token)
+    bolt = _bolt(slack, identity, workspaces, oauth)
+    handlers.register(bolt, tutor, metrics)
+    socket = None
+    if settings.slack_app_token is not None:
+        socket = SocketModeLink(bolt, settings.slack_app_token.get_secret_value(), metrics)
+    components = Components(
+        settings,
+        engine,
+        sessions,
+        ai,
+        slack,
+        tutor,
+        poller,
+        bolt,
+        identity,
+        socket,
+        metrics=metrics,
+        workspaces=workspaces,
+        oauth=oauth,
+    )
+    if socket is not None:
+        socket.on_fatal = lambda reason: components.on_fatal(reason)
+    return components
 
-    async def authorize(enterprise_id: str | None, team_id: str | None) -> AuthorizeResult:
-        # A plain function: Bolt picks its arguments by name (a bound method's `self` confuses it).
-        return identity.authorization(enterprise_id=enterprise_id, team_id=team_id)
 
-    bolt = AsyncApp(
+def _slack_side(
+    settings: Settings,
+    sessions: async_sessionmaker[AsyncSession],
+    engine: AsyncEngine,
+    pacer: Pacer,
+    metrics: Metrics,
+) -> tuple[SlackGateway, BotIdentity, Workspaces, AsyncOAuthFlow | None]:
+    """Single-workspace mode: one gateway for all, and who the bot is (auth.test at start).
+    Distribution mode: a gateway per installed workspace (`bot.workspaces`), each knowing its bot
+    user from the installation, and Bolt's OAuth flow over slack_sdk's SQLAlchemy stores on our
+    engine."""
+    token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else None
+    gateway = SlackGateway(make_web_client(token, settings.slack_api_url, pacer=pacer), metrics=metrics.slack)
+    identity = BotIdentity(gateway, token or "")
+    if not settings.distribution:
+        return gateway, identity, OneWorkspace(gateway), None
+    assert settings.slack_client_id is not None and settings.slack_client_secret is not None
+    secret = settings.slack_client_secret.get_secret_value()
+    workspaces = InstalledWorkspaces(
+        sessions=sessions,
+        client_id=settings.slack_client_id,
+        client_secret=secret,
+        api_url=settings.slack_api_url,
+        pacer=pacer,
+        metrics=metrics.slack,
+    )
+    oauth = AsyncOAuthFlow(
+        client=workspaces.app_client,  # oauth.v2.access and the install's auth.test: SLACK_API_URL
+        settings=AsyncOAuthSettings(
+            client_id=settings.slack_client_id,
+            client_secret=secret,
+            scopes=list(BOT_SCOPES),
+            installation_store=AsyncSQLAlchemyInstallationStore(
+                client_id=settings.slack_client_id, engine=engine
+            ),
+            installation_store_bot_only=True,
+            state_store=AsyncSQLAlchemyOAuthStateStore(expiration_seconds=OAUTH_STATE_SECONDS, engine=engine),
+            state_expiration_seconds=OAUTH_STATE_SECONDS,
+        ),
+    )
+    return gateway, identity, workspaces, oauth
+
+
+def _bolt(
+    slack: SlackGateway, identity: BotIdentity, workspaces: Workspaces, oauth: AsyncOAuthFlow | None
+) -> AsyncApp:
+    authorize: Callable[..., Awaitable[AuthorizeResult]]
+    if isinstance(workspaces, InstalledWorkspaces):
+        # Bolt takes an AsyncAuthorize (which may answer None: not installed) alongside its OAuth flow.
+        authorize = cast("Callable[..., Awaitable[AuthorizeResult]]", InstalledAuthorize(workspaces))
+    else:
+
+        async def authorize_one(enterprise_id: str | None, team_id: str | None) -> AuthorizeResult:
+            # A plain function: Bolt picks its arguments by name (a bound method's `self` confuses it).
+            return identity.authorization(enterprise_id=enterprise_id, team_id=team_id)
+
+        authorize = authorize_one
+    client = slack.client
+    return AsyncApp(
         # Bolt's client carries no token: each request's comes from `authorize` (a token here would
         # make Bolt run auth.test itself, lazily, on the first request and before any middleware).
         client=AsyncWebClient(
             base_url=client.base_url, timeout=client.timeout, retry_handlers=list(client.retry_handlers)
         ),
         authorize=authorize,
+        # Distribution mode: Bolt's OAuth flow, served on its default paths by web_app.
+        oauth_flow=oauth,
         # Signatures are checked by the HTTP endpoint (web_app), on the raw bytes, before anything
         # is decoded; Socket Mode carries none. So Bolt needs no signing secret.
         request_verification_enabled=False,
         # Requests no listener handles reach handlers.on_error: 200 and one line, not 404.
         raise_error_for_unhandled_request=True,
     )
-    handlers.register(bolt, tutor, metrics)
-    socket = None
-    if settings.slack_app_token is not None:
-        socket = SocketModeLink(bolt, settings.slack_app_token.get_secret_value(), metrics)
-    components = Components(
-        settings, engine, sessions, ai, slack, tutor, poller, bolt, identity, socket, metrics=metrics
-    )
-    if socket is not None:
-        socket.on_fatal = lambda reason: components.on_fatal(reason)
-    return components
 
 
 class _NotAboutTheEnvToken(logging.Filter):
@@ -158,6 +246,17 @@ class _NotAboutTheEnvToken(logging.Filter):
 logging.getLogger("slack_bolt.AsyncApp").addFilter(_NotAboutTheEnvToken())
 
 
+class _NotInstalledSaidOnce(logging.Filter):
+    """Distribution mode: a request from a workspace without an installation is logged once, by
+    InstalledAuthorize (with the team); Bolt's second, team-less error line about it is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Although the app should be installed into this workspace")
+
+
+logging.getLogger("slack_bolt.AsyncMultiTeamsAuthorization").addFilter(_NotInstalledSaidOnce())
+
+
 def web_app(components: Components, *, with_worker: bool, with_slack: bool = True) -> web.Application:
     """`POST /slack/events` (events, commands, interactivity), `GET /healthz` and `GET /metrics`.
 
@@ -167,6 +266,11 @@ def web_app(components: Components, *, with_worker: bool, with_slack: bool = Tru
     app = web.Application()
     if with_slack and not components.settings.socket_mode:
         app.router.add_post(EVENTS_PATH, _slack_endpoint(components))
+    oauth = components.oauth
+    if with_slack and oauth is not None:
+        # Bolt's OAuth flow on its default paths, as slack_bolt.adapter.aiohttp routes them.
+        app.router.add_get(oauth.install_path, _oauth_endpoint(oauth.handle_installation))
+        app.router.add_get(oauth.redirect_uri_path, _oauth_endpoint(oauth.handle_callback))
 
     database = _DatabaseProbe(components.engine)
 
@@ -212,6 +316,15 @@ def _slack_endpoint(components: Components) -> Callable[[web.Request], Awaitable
     return slack_events
 
 
+def _oauth_endpoint(
+    step: Callable[[AsyncBoltRequest], Awaitable[BoltResponse]],
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def oauth_step(request: web.Request) -> web.Response:
+        return await to_aiohttp_response(await step(await to_bolt_request(request)))
+
+    return oauth_step
+
+
 async def _health(
     components: Components, database: _DatabaseProbe, *, with_worker: bool, with_slack: bool
 ) -> dict[str, Any]:
@@ -223,7 +336,7 @@ async def _health(
     if with_worker and (components.poller.seconds_since_loop() or 0.0) > stall:
         status["worker"] = "stalled"
         failing = True
-    if with_slack and components.identity.unresolved_for() > stall:
+    if with_slack and _single_workspace(components) and components.identity.unresolved_for() > stall:
         status["identity"] = "unresolved"  # auth.test has not answered since startup
         failing = True
     if with_slack and components.socket is not None:
@@ -271,7 +384,8 @@ def _lifecycle(
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         tasks: list[asyncio.Task[None]] = []
-        if with_slack:
+        identity = with_slack and _single_workspace(components)
+        if identity:
             tasks.append(asyncio.create_task(components.identity.keep_fresh(), name="slack-identity"))
         if with_worker:
             tasks.append(asyncio.create_task(components.poller.run_forever(), name="run-poller"))
@@ -279,7 +393,7 @@ def _lifecycle(
             tasks.append(asyncio.create_task(retention.run_forever(), name="retention"))
         if with_slack and components.socket is not None:
             tasks.append(asyncio.create_task(components.socket.run(), name="socket-mode"))
-        if with_slack:
+        if identity:
             # Usually answered in milliseconds; if Slack is down, serve anyway (questions are stored).
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(IDENTITY_WAIT):
@@ -292,6 +406,11 @@ def _lifecycle(
         await components.close()
 
     return lifecycle
+
+
+def _single_workspace(components: Components) -> bool:
+    """SLACK_BOT_TOKEN's one bot, resolved by auth.test (distribution mode: each installation's)."""
+    return not components.settings.distribution
 
 
 async def _stop(task: asyncio.Task[Any], *, within: float) -> None:

@@ -14,7 +14,12 @@ DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///slack-tutor.db"
 
 #: Where an operator finds each required value.
 WHERE_TO_GET = {
-    "SLACK_BOT_TOKEN": "the Bot User OAuth Token (xoxb-…) under OAuth & Permissions in your Slack app",
+    "SLACK_BOT_TOKEN": (
+        "the Bot User OAuth Token (xoxb-…) under OAuth & Permissions in your Slack app "
+        "(or, to install the app in many workspaces, SLACK_CLIENT_ID and SLACK_CLIENT_SECRET instead)"
+    ),
+    "SLACK_CLIENT_ID": "Basic Information → App Credentials → Client ID in your Slack app",
+    "SLACK_CLIENT_SECRET": "Basic Information → App Credentials → Client Secret in your Slack app",
     "SLACK_SIGNING_SECRET": (
         "Basic Information → App Credentials → Signing Secret in your Slack app "
         "(or set SLACK_APP_TOKEN to use Socket Mode instead of HTTP)"
@@ -39,7 +44,11 @@ class DatabaseSettings(BaseSettings):
 
 
 class Settings(DatabaseSettings):
-    slack_bot_token: SecretStr
+    #: Set: one workspace, this token (single-workspace mode). Unset, with SLACK_CLIENT_ID and
+    #: SLACK_CLIENT_SECRET: distribution mode, a token per installed workspace (`bot.workspaces`).
+    slack_bot_token: SecretStr | None = None
+    slack_client_id: str | None = None
+    slack_client_secret: SecretStr | None = None
     slack_signing_secret: SecretStr | None = None
     slack_app_token: SecretStr | None = None
     slack_api_url: str = "https://slack.com/api/"
@@ -100,16 +109,41 @@ class Settings(DatabaseSettings):
     def socket_mode(self) -> bool:
         return self.slack_app_token is not None
 
+    @property
+    def distribution(self) -> bool:
+        """Installed through OAuth in many workspaces (no SLACK_BOT_TOKEN, client id and secret set)."""
+        return (
+            self.slack_bot_token is None
+            and bool(self.slack_client_id)
+            and self.slack_client_secret is not None
+        )
+
 
 class _ModeSettings(DatabaseSettings):
+    slack_bot_token: SecretStr | None = None
+    slack_client_id: str | None = None
+    slack_client_secret: SecretStr | None = None
     slack_signing_secret: SecretStr | None = None
     slack_app_token: SecretStr | None = None
+
+
+def _missing_slack_credentials(mode: _ModeSettings) -> list[str]:
+    """SLACK_BOT_TOKEN (one workspace), or the OAuth client id and secret (many): what is missing."""
+    if mode.slack_bot_token is not None:
+        return []
+    oauth = {
+        "SLACK_CLIENT_ID": bool(mode.slack_client_id),
+        "SLACK_CLIENT_SECRET": bool(mode.slack_client_secret),
+    }
+    if not any(oauth.values()):
+        return ["SLACK_BOT_TOKEN"]
+    return [name for name, present in oauth.items() if not present]
 
 
 def load_settings() -> Settings:
     """Read the settings or raise ConfigError naming every missing variable."""
     mode = _ModeSettings()
-    missing: list[str] = []
+    missing = _missing_slack_credentials(mode)
     if mode.slack_signing_secret is None and mode.slack_app_token is None:
         missing.append("SLACK_SIGNING_SECRET")
     try:

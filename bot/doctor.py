@@ -22,8 +22,16 @@ from bot import errors
 from bot.ai import OpenAIGateway
 from bot.config import WHERE_TO_GET, DatabaseSettings, Settings, load_settings
 from bot.slack_api import SlackGateway, make_web_client, origin
+from db import repo
 from db.migrate import alembic_config
-from db.session import connection_problem, make_read_only_engine, network_reason, normalize_url, sqlite_path
+from db.session import (
+    connection_problem,
+    make_read_only_engine,
+    make_sessionmaker,
+    network_reason,
+    normalize_url,
+    sqlite_path,
+)
 
 #: `.env.example` holds `xoxb-...`, `xapp-...`, `sk-...` and `...`; no real token has an ellipsis.
 PLACEHOLDER = re.compile(r"\.\.\.|…")
@@ -34,6 +42,9 @@ WHERE = {
         "an App-Level Token (xapp-…, scope connections:write) under Basic Information in your Slack app"
     ),
 }
+#: Distribution mode: the newest installations whose tokens doctor tries (auth.test each).
+INSTALLS_CHECKED = 5
+INSTALL_PATH = "/slack/install"
 OPENAI_DEFAULT_URL = "https://api.openai.com/v1"
 #: Slack's answers when the token itself is refused.
 SLACK_AUTH_ERRORS = frozenset(
@@ -59,6 +70,8 @@ async def _run_checks() -> int:
         _say("FAIL", "configuration", f"{placeholder}; set it to {WHERE[name]}")
     if not placeholders:
         mode = "Socket Mode (SLACK_APP_TOKEN set)" if settings.socket_mode else "HTTP (signing secret set)"
+        if settings.distribution:
+            mode += "; distribution mode (SLACK_CLIENT_ID and SLACK_CLIENT_SECRET, a token per workspace)"
         _say("ok", "configuration", f"every required setting is present; {mode}")
     results = [await _check_database(settings.database_url)]
     results += await _check_slack(settings, skip=placeholders)
@@ -75,6 +88,7 @@ def _placeholders(settings: Settings) -> list[str]:
     """The settings still holding `.env.example`'s placeholder (the signing secret only matters over HTTP)."""
     values: dict[str, SecretStr | None] = {
         "SLACK_BOT_TOKEN": settings.slack_bot_token,
+        "SLACK_CLIENT_SECRET": settings.slack_client_secret,
         "SLACK_SIGNING_SECRET": None if settings.socket_mode else settings.slack_signing_secret,
         "SLACK_APP_TOKEN": settings.slack_app_token,
         "OPENAI_API_KEY": settings.openai_api_key,
@@ -120,12 +134,17 @@ async def _check_database(url: str) -> bool:
 
 
 async def _check_slack(settings: Settings, *, skip: list[str]) -> list[bool]:
-    if "SLACK_BOT_TOKEN" in skip:
-        _say("skip", "slack", "not checked until SLACK_BOT_TOKEN is set")
+    credential = "SLACK_CLIENT_SECRET" if settings.distribution else "SLACK_BOT_TOKEN"
+    if credential in skip:
+        _say("skip", "slack", f"not checked until {credential} is set")
         return []
-    slack = SlackGateway(make_web_client(settings.slack_bot_token.get_secret_value(), settings.slack_api_url))
+    token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else None
+    slack = SlackGateway(make_web_client(token, settings.slack_api_url))
     try:
-        results = [await _check_bot_token(slack, settings.slack_api_url)]
+        if settings.distribution:
+            results = [await _check_installations(settings)]
+        else:
+            results = [await _check_bot_token(slack, settings.slack_api_url)]
         app_token = settings.slack_app_token
         if app_token is not None and "SLACK_APP_TOKEN" not in skip:
             app = app_token.get_secret_value()
@@ -133,6 +152,51 @@ async def _check_slack(settings: Settings, *, skip: list[str]) -> list[bool]:
         return results
     finally:
         await slack.close()
+
+
+async def _check_installations(settings: Settings) -> bool:
+    """Distribution mode: how many workspaces installed the app, and auth.test with the tokens of
+    the newest INSTALLS_CHECKED (read from the database only: doctor refreshes no token)."""
+    assert settings.slack_client_id is not None
+    engine = make_read_only_engine(settings.database_url)
+    try:
+        async with make_sessionmaker(engine)() as session:
+            teams = await repo.installed_teams(session, client_id=settings.slack_client_id)
+            bots = [
+                await repo.latest_bot(session, client_id=settings.slack_client_id, team_id=t) for t in teams
+            ]
+    except Exception as exc:
+        _say(
+            "FAIL",
+            "slack",
+            f"cannot read the installations ({type(exc).__name__}); run `slack-tutor migrate`",
+        )
+        return False
+    finally:
+        await engine.dispose()
+    if not teams:
+        _say(
+            "ok", "slack", f"no workspace has installed the app yet; an admin installs it from {INSTALL_PATH}"
+        )
+        return True
+    refused: list[str] = []
+    for found in bots[:INSTALLS_CHECKED]:
+        if found is None or not found[1].bot_token:
+            continue
+        slack = SlackGateway(make_web_client(found[1].bot_token, settings.slack_api_url))
+        try:
+            await slack.auth_test()
+        except errors.SlackDeliveryFailed as exc:
+            refused.append(f"{found[1].team_id} ({exc.detail})")
+        finally:
+            await slack.close()
+    checked = min(len(teams), INSTALLS_CHECKED)
+    summary = f"{len(teams)} workspaces installed; auth.test with {checked} of their tokens"
+    if refused:
+        _say("FAIL", "slack", f"{summary}: refused for {', '.join(refused)} (reinstall from {INSTALL_PATH})")
+        return False
+    _say("ok", "slack", f"{summary}: all accepted")
+    return True
 
 
 async def _check_bot_token(slack: SlackGateway, api_url: str) -> bool:

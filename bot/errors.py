@@ -116,6 +116,13 @@ class SlackDeliveryFailed(TutorError):
     outcome_unknown = False
 
 
+class NotInstalled(SlackDeliveryFailed):
+    """Distribution mode: the workspace has no installation (never installed, or uninstalled), so
+    there is no token to speak to it with; its runs end without a word."""
+
+    retryable = False
+
+
 class SlackRateLimited(SlackDeliveryFailed):
     """Slack answered 429: nothing happened; try again after `retry_after`."""
 

@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 import yaml
 
 EVENTS_PATH = "/slack/events"
+#: Bolt's OAuth redirect path (distribution mode; bot.app serves it).
+OAUTH_REDIRECT_PATH = "/slack/oauth_redirect"
 NAME_MAX = 35  # display_information.name
 BOT_NAME_MAX = 80  # features.bot_user.display_name
 URL_MAX = 3000  # slash_commands[].url; the request URLs may have 3,500
@@ -38,11 +40,13 @@ BOT_SCOPES = (
 BOT_EVENTS = (
     "app_home_opened",
     "app_mention",
+    "app_uninstalled",
     "assistant_thread_started",
     "message.channels",
     "message.groups",
     "message.im",
     "message.mpim",
+    "tokens_revoked",
 )
 DESCRIPTION = "Math tutor and data visualizer. Mention me in a thread, DM me, or share a CSV/XLSX."
 SUGGESTED_PROMPTS = (
@@ -144,7 +148,7 @@ def build(*, name: str, bot_name: str, request_url: str | None) -> dict[str, Any
             ],
             "slash_commands": [command],
         },
-        "oauth_config": {"scopes": {"bot": list(BOT_SCOPES)}},
+        "oauth_config": _oauth_config(request_url),
         "settings": {
             "event_subscriptions": with_url | {"bot_events": list(BOT_EVENTS)},
             "interactivity": {"is_enabled": True} | with_url,
@@ -153,6 +157,14 @@ def build(*, name: str, bot_name: str, request_url: str | None) -> dict[str, Any
             "token_rotation_enabled": False,
         },
     }
+
+
+def _oauth_config(request_url: str | None) -> dict[str, Any]:
+    """The scopes; with a URL also where Slack sends an installer back (`/slack/oauth_redirect`)."""
+    config: dict[str, Any] = {}
+    if request_url:
+        config["redirect_urls"] = [request_url.removesuffix(EVENTS_PATH) + OAUTH_REDIRECT_PATH]
+    return config | {"scopes": {"bot": list(BOT_SCOPES)}}
 
 
 def render(manifest: dict[str, Any], *, format: Literal["yaml", "json"] = "yaml") -> str:

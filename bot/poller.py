@@ -29,6 +29,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -44,6 +45,7 @@ from bot.notifier import WakeUp
 from bot.prepare import RunPreparer, marker, place_of
 from bot.reply import SLOW_NOTICE, Replier
 from bot.slack_api import Recipient, SlackGateway
+from bot.workspaces import Workspaces
 from db import leases, repo
 from db.leases import LeaseLost
 from db.models import Run, RunKind, RunStatus, utcnow
@@ -81,10 +83,8 @@ class Poller:
         *,
         engine: AsyncEngine,
         sessions: async_sessionmaker[AsyncSession],
-        preparer: RunPreparer,
-        replier: Replier,
+        crews: Crews,
         ai: OpenAIGateway,
-        slack: SlackGateway,
         settings: Settings,
         wake: WakeUp | None = None,
         owner: str | None = None,
@@ -92,10 +92,10 @@ class Poller:
     ) -> None:
         self._sessions = sessions
         self._engine = engine
-        self._preparer = preparer
-        self._replier = replier
+        self._crews = crews
+        #: The workspace crew of each run this worker drives (`_crew`), bound when its drive starts.
+        self._bound: dict[int, Crew] = {}
         self._ai = ai
-        self._slack = slack
         self._settings = settings
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._wakeup = asyncio.Event()
@@ -295,9 +295,20 @@ class Poller:
                     )
                     if self._to_release:
                         await leases.release_leases(session, owners=[self.owner], run_ids=self._to_release)
+                    lost = await leases.lost_leases(session, run_ids=list(self._active), owner=self.owner)
                 self._to_release.clear()
+                self._stop_lost(lost)
             except (SQLAlchemyError, OSError) as exc:
                 log.warning("run-poller: heart-beat failed (%s)", _describe(exc))
+
+    def _stop_lost(self, run_ids: set[int]) -> None:
+        """Stop driving runs no longer ours (another worker's now, or ended by an uninstall): a
+        stream with nothing to relay would otherwise go on until its response is over."""
+        for run_id in run_ids:
+            task = self._active.get(run_id)
+            if task is not None and not task.done():
+                log.info("run %s: no longer held by this worker; stopping it", run_id)
+                task.cancel()
 
     async def _hand_back(self) -> None:
         """Shutdown: finish what finishes within the grace period, release the rest to the next worker."""
@@ -334,10 +345,14 @@ class Poller:
     async def _drive_in_context(self, run: Run) -> None:
         try:
             try:
+                self._bound[run.id] = await self._crews.of(run.team_id)
                 if self._out_of_time(run):
                     await self._time_out(run)
                 else:
                     await self._step_in_time(run)
+            except errors.NotInstalled as exc:
+                log.warning("run %s: ended without a reply: %s", run.id, exc.detail)
+                await self._finish_silently(run, code=exc.code)
             except errors.TutorError as exc:
                 await self._on_error(run, exc)
             except (LeaseLost, asyncio.CancelledError):
@@ -353,24 +368,33 @@ class Poller:
         except (SQLAlchemyError, OSError) as exc:
             log.warning("run %s: could not record progress (%s); released later", run.id, _describe(exc))
             self._to_release.add(run.id)
+        finally:
+            self._bound.pop(run.id, None)
+
+    def _crew(self, run: Run) -> Crew:
+        """The Slack side of `run`'s own workspace: never another workspace's token."""
+        return self._bound[run.id]
+
+    async def _finish_silently(self, run: Run, *, code: str) -> None:
+        await self._change(run, lambda s: repo.finish_run(s, run, owner=self.owner, failed=True, code=code))
 
     async def _step(self, run: Run) -> None:
         if run.kind == RunKind.OFFER:
-            await self._replier.offer(run)
+            await self._crew(run).replier.offer(run)
             await self._finish(run, failed=False)
         elif run.kind == RunKind.RESET:
-            await self._preparer.reset_thread(run)
-            await self._replier.reset_notice(run)
+            await self._crew(run).preparer.reset_thread(run)
+            await self._crew(run).replier.reset_notice(run)
             await self._finish(run, failed=False)
         elif run.kind == RunKind.WORK:
-            await self._replier.show_work(run)
+            await self._crew(run).replier.show_work(run)
             await self._finish(run, failed=False)
         elif run.kind == RunKind.LIBRARY and run.status == RunStatus.QUEUED:
-            outcome = await self._preparer.library.index(
-                run, lambda status: self._preparer.show_working(run, status)
+            outcome = await self._crew(run).preparer.library.index(
+                run, lambda status: self._crew(run).preparer.show_working(run, status)
             )
-            await self._replier.notify(run, "library", outcome.message())
-            await self._replier.deliver(run, None)  # clears a DM's status
+            await self._crew(run).replier.notify(run, "library", outcome.message())
+            await self._crew(run).replier.deliver(run, None)  # clears a DM's status
             await self._finish(run, failed=False)
         elif run.status == RunStatus.QUEUED:
             await self._create(run)
@@ -428,10 +452,10 @@ class Poller:
     async def _create(self, run: Run) -> None:
         again = run.status in (RunStatus.UNKNOWN, RunStatus.CREATING)  # an earlier create may have landed
         if run.status_shown_at is None:
-            await self._preparer.show_working(run)
+            await self._crew(run).preparer.show_working(run)
             await self._change(run, lambda s: repo.note_status_shown(s, run, owner=self.owner, at=utcnow()))
-        request = await self._preparer.prepare(run)
-        await self._replier.tell_rejected_files(run)  # said before the answer starts to stream
+        request = await self._crew(run).preparer.prepare(run)
+        await self._crew(run).replier.tell_rejected_files(run)  # said before the answer starts to stream
         if request is None:  # nothing to ask the model: only files it can't use
             await self._change(run, lambda s: repo.mark_replying(s, run, owner=self.owner))
             await self._reply(run, None)
@@ -472,7 +496,7 @@ class Poller:
         live = self._live_answer(run, resumed=resumed)
         live.start()
         status = asyncio.create_task(self._keep_status_while_silent(run, live), name=f"status-{run.id}")
-        charts = _CitedCharts(self._replier, run)
+        charts = _CitedCharts(self._crew(run).replier, run)
         reply: ModelReply | None = None
         stopped = False
         try:
@@ -520,7 +544,9 @@ class Poller:
             await asyncio.sleep(STATUS_REFRESH.total_seconds())
             if live.text_shown:
                 return
-            await self._preparer.show_working(run, "is running code…" if live.ran_code else "is thinking…")
+            await self._crew(run).preparer.show_working(
+                run, "is running code…" if live.ran_code else "is thinking…"
+            )
 
     async def _started(self, run: Run, response_id: str) -> None:
         await self._change(
@@ -550,7 +576,7 @@ class Poller:
             )
 
         return LiveAnswer(
-            slack=self._slack,
+            slack=self._crew(run).slack,
             place=place_of(run),
             recipient=Recipient(user_id=run.user_id, team_id=run.team_id),
             question_ts=run.message_ts,
@@ -565,7 +591,7 @@ class Poller:
         """A create may have reached OpenAI: look for its answer in the conversation, and create
         again when there is no trace (a create that did land holds the conversation, so OpenAI
         refuses the second one and we keep looking)."""
-        conversation_id = await self._preparer.conversation_of(run)
+        conversation_id = await self._crew(run).preparer.conversation_of(run)
         found = (
             await self._ai.find_answer(conversation_id, marker(run.message_ts)) if conversation_id else None
         )
@@ -598,7 +624,7 @@ class Poller:
         deadline = _DEADLINE.get()
         if deadline is not None:
             deadline.reschedule(None)  # an answer being delivered is never cut off
-        await self._replier.deliver(run, reply)
+        await self._crew(run).replier.deliver(run, reply)
         failed = bool(run.error_code) or (reply is not None and reply.failure() is not None)
         await self._finish(run, failed=failed)
         log.info("run %s: %s", run.id, "failed" if failed else "answered")
@@ -608,7 +634,7 @@ class Poller:
             return None
         if run.response_id:
             return await self._ai.get_run(run.response_id)
-        conversation_id = await self._preparer.conversation_of(run)
+        conversation_id = await self._crew(run).preparer.conversation_of(run)
         return (
             await self._ai.find_answer(conversation_id, marker(run.message_ts)) if conversation_id else None
         )
@@ -617,7 +643,9 @@ class Poller:
         if run.reply_thread_ts and (
             run.status_shown_at is None or utcnow() - run.status_shown_at > STATUS_REFRESH
         ):
-            await self._preparer.show_working(run, "is running code…" if reply.ran_code else "is thinking…")
+            await self._crew(run).preparer.show_working(
+                run, "is running code…" if reply.ran_code else "is thinking…"
+            )
             await self._change(run, lambda s: repo.note_status_shown(s, run, owner=self.owner, at=utcnow()))
 
     # Failures
@@ -625,9 +653,9 @@ class Poller:
     async def _on_error(self, run: Run, exc: errors.TutorError) -> None:
         attempts = run.attempts + 1
         if isinstance(exc, errors.ContainerExpired):
-            await self._preparer.forget_container(run.thread_id)
+            await self._crew(run).preparer.forget_container(run.thread_id)
         elif isinstance(exc, errors.ContextLost) and run.status == RunStatus.QUEUED:
-            await self._preparer.forget_conversation(run.thread_id)
+            await self._crew(run).preparer.forget_conversation(run.thread_id)
         if run.status == RunStatus.REPLYING and isinstance(exc, errors.SlackDeliveryFailed):
             await self._on_delivery_error(run, exc, attempts)
             return
@@ -713,8 +741,11 @@ class Poller:
             seconds=self._settings.tutor_slow_notice
         ):
             return
+        crew = self._bound.get(run.id)
+        if crew is None:
+            return  # its workspace's gateway could not be had: there is nobody to tell
         try:
-            await self._replier.notify(run, "slow", SLOW_NOTICE)
+            await crew.replier.notify(run, "slow", SLOW_NOTICE)
         except errors.TutorError as exc:
             log.info("run %s: could not say it is slow (%s)", run.id, exc.code)
 
@@ -754,6 +785,35 @@ def _describe(exc: BaseException) -> str:
     cause = getattr(exc, "orig", None) or exc.__cause__ or exc
     first = str(cause).strip().splitlines()[0][:160] if str(cause).strip() else ""
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+@dataclass(frozen=True)
+class Crew:
+    """One workspace's Slack side: its gateway, and the preparer and replier speaking through it."""
+
+    slack: SlackGateway
+    preparer: RunPreparer
+    replier: Replier
+
+
+class Crews:
+    """A Crew for each workspace, around the gateway `workspaces` gives its team (`bot.workspaces`):
+    in single-workspace mode one crew serves every run; in distribution mode each workspace has
+    its own, rebuilt when its token changes."""
+
+    def __init__(self, workspaces: Workspaces, make: Callable[[SlackGateway], Crew]) -> None:
+        self.workspaces = workspaces
+        self._make = make
+        self._crews: dict[str, Crew] = {}
+
+    async def of(self, team_id: str) -> Crew:
+        """errors.NotInstalled when the workspace has no installation (any more)."""
+        gateway = await self.workspaces.gateway(team_id)
+        crew = self._crews.get(team_id)
+        if crew is None or crew.slack is not gateway:
+            crew = next((c for c in self._crews.values() if c.slack is gateway), None) or self._make(gateway)
+            self._crews[team_id] = crew
+        return crew
 
 
 class _CitedCharts:

@@ -72,7 +72,7 @@ LOADING_MESSAGES = (
 )
 
 
-def make_web_client(token: str, base_url: str, *, pacer: Pacer | None = None) -> AsyncWebClient:
+def make_web_client(token: str | None, base_url: str, *, pacer: Pacer | None = None) -> AsyncWebClient:
     """The client Bolt and the replier share; 429s and 5xx are retried, not only dropped sockets.
 
     A 429's Retry-After is honoured by every call of the process that shares `pacer`.

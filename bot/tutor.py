@@ -8,6 +8,7 @@ Bolt.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -16,13 +17,15 @@ from bot.config import Settings
 from bot.inbox import DATA_PROFILE, Inbox, Question, run_row
 from bot.library import Library
 from bot.notifier import WakeUp
-from bot.slack_api import SlackGateway
 from bot.ui import home_view
+from bot.workspaces import Workspaces
 from db import repo
 from db.models import DEFAULT_PROFILE, Profile, RunKind
 
 log = logging.getLogger(__name__)
 
+#: The error code of the runs an uninstall ended.
+UNINSTALLED = "uninstalled"
 SUGGESTED_PROMPTS = (
     ("Solve an equation", "Solve 3x + 11 = 14 step by step"),
     ("Explain with a plot", "Explain derivatives with a plot"),
@@ -45,12 +48,15 @@ class Tutor:
         self,
         *,
         sessions: async_sessionmaker[AsyncSession],
-        slack: SlackGateway,
+        workspaces: Workspaces,
         settings: Settings,
         wake: WakeUp,
+        forget_workspace: Callable[[str], None] | None = None,
     ) -> None:
         self._sessions = sessions
-        self._slack = slack
+        self._workspaces = workspaces
+        #: Drops the workspace's cached gateway (distribution mode) once it uninstalled the app.
+        self._forget_workspace = forget_workspace
         self._settings = settings
         self._inbox = Inbox(sessions)
         self.library = Library(sessions=sessions)
@@ -191,20 +197,36 @@ class Tutor:
             settings = await repo.upsert_channel_settings(session, team_id=team_id, channel_id=channel_id)
             settings.custom_instructions = text
 
-    async def welcome(self, *, channel_id: str, thread_ts: str | None) -> None:
+    async def welcome(self, *, team_id: str, channel_id: str, thread_ts: str | None) -> None:
         """Suggested prompts when someone opens the tutor's DM (agent view) or pane (assistant view)."""
-        await self._slack.set_suggested_prompts(channel_id, SUGGESTED_PROMPTS, thread_ts=thread_ts)
+        slack = await self._workspaces.gateway(team_id)
+        await slack.set_suggested_prompts(channel_id, SUGGESTED_PROMPTS, thread_ts=thread_ts)
 
     async def publish_home(self, *, team_id: str, user_id: str) -> None:
+        slack = await self._workspaces.gateway(team_id)
         async with self._sessions() as session:
             threads = await repo.recent_threads_of_user(session, team_id=team_id, user_id=user_id, limit=5)
         links = []
         for thread in threads:
-            url = (
-                await self._slack.permalink(thread.channel_id, thread.thread_ts) if thread.thread_ts else None
-            )
+            url = await slack.permalink(thread.channel_id, thread.thread_ts) if thread.thread_ts else None
             links.append((thread.channel_id, url))
-        await self._slack.publish_home(user_id, home_view(links))
+        await slack.publish_home(user_id, home_view(links))
+
+    async def workspace_uninstalled(self, *, team_id: str) -> None:
+        """`app_uninstalled` / `tokens_revoked`: forget the workspace's installation and bot token,
+        and end its unfinished runs without another Slack call (their tokens are dead). The one
+        place that acts on an uninstall: deleting the workspace's other data belongs here too."""
+        async with self._sessions.begin() as session:
+            removed = await repo.delete_installations(session, team_id=team_id)
+            stopped = await repo.stop_workspace_runs(session, team_id=team_id, code=UNINSTALLED)
+        if self._forget_workspace is not None:
+            self._forget_workspace(team_id)
+        log.info(
+            "workspace %s uninstalled the app: %d bot tokens deleted, %d runs stopped",
+            team_id,
+            removed,
+            stopped,
+        )
 
 
 def _button_press(

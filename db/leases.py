@@ -47,6 +47,14 @@ async def extend_leases(
     return int(getattr(result, "rowcount", 0) or 0)
 
 
+async def lost_leases(session: AsyncSession, *, run_ids: Collection[int], owner: str) -> set[int]:
+    """Which of these runs `owner` no longer holds (taken over, or ended for it: an uninstall)."""
+    if not run_ids:
+        return set()
+    held = await session.scalars(select(Run.id).where(Run.id.in_(list(run_ids)), Run.lease_owner == owner))
+    return set(run_ids) - set(held.all())
+
+
 async def release_leases(
     session: AsyncSession, *, owners: Collection[str] | None = None, run_ids: Collection[int] | None = None
 ) -> int:

@@ -6,6 +6,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, ClassVar
 
+from slack_sdk.oauth.installation_store.sqlalchemy import SQLAlchemyInstallationStore
+from slack_sdk.oauth.state_store.sqlalchemy import SQLAlchemyOAuthStateStore
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -337,3 +339,16 @@ class LibraryRequest(Base):
     channel_id: Mapped[str] = mapped_column(String(32))
     user_id: Mapped[str] = mapped_column(String(32))
     expires_at: Mapped[datetime]
+
+
+# Distribution mode (`bot.workspaces`): Slack's OAuth tables exactly as slack_sdk's
+# AsyncSQLAlchemyInstallationStore and AsyncSQLAlchemyOAuthStateStore read and write them, built by
+# their own builders on our metadata, so that migration 0008 is checked against what they query.
+#: One row per completed install (oauth.v2.access), newest last.
+slack_installations = SQLAlchemyInstallationStore.build_installations_table(
+    Base.metadata, "slack_installations"
+)
+#: The bot token of each installed workspace (its refresh token and expiry with token rotation).
+slack_bots = SQLAlchemyInstallationStore.build_bots_table(Base.metadata, "slack_bots")
+#: The `state` of each install started at /slack/install, consumed at /slack/oauth_redirect.
+slack_oauth_states = SQLAlchemyOAuthStateStore.build_oauth_states_table(Base.metadata, "slack_oauth_states")

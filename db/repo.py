@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
+from slack_sdk.oauth.installation_store import Bot
+from slack_sdk.oauth.installation_store.sqlalchemy import SQLAlchemyInstallationStore
 from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from db.leases import ACTIVE_STATUSES
 from db.models import (
     ChannelSettings,
     Cleanup,
@@ -22,6 +25,8 @@ from db.models import (
     ThreadFile,
     TutorThread,
     VectorStore,
+    slack_bots,
+    slack_installations,
     utcnow,
 )
 
@@ -648,3 +653,79 @@ async def profile_or_default(session: AsyncSession, *, profile_id: int | None, d
     if profile is None:
         raise RuntimeError("no tutor profile: run `slack-tutor migrate`")
     return profile
+
+
+# Distribution mode: the installed workspaces (`bot.workspaces`). Rows are written by slack_sdk's
+# installation store during the OAuth flow; these read them by workspace, rotate and delete them.
+
+
+async def latest_bot(session: AsyncSession, *, client_id: str, team_id: str) -> tuple[int, Bot] | None:
+    """The newest bot installation of a workspace (its row id, for `save_rotated_bot`), or None."""
+    c = slack_bots.c
+    row = (
+        (
+            await session.execute(
+                select(slack_bots)
+                .where(c.client_id == client_id, c.team_id == team_id, c.bot_token.is_not(None))
+                .order_by(c.installed_at.desc(), c.id.desc())
+                .limit(1)
+            )
+        )
+        .mappings()
+        .first()
+    )
+    return None if row is None else (int(row["id"]), SQLAlchemyInstallationStore.build_bot_entity(row))
+
+
+async def save_rotated_bot(session: AsyncSession, *, row_id: int, bot: Bot) -> None:
+    """The tokens oauth.v2.access (grant_type=refresh_token) gave in place of the expiring ones."""
+    expires = bot.bot_token_expires_at
+    await session.execute(
+        update(slack_bots)
+        .where(slack_bots.c.id == row_id)
+        .values(
+            bot_token=bot.bot_token,
+            bot_refresh_token=bot.bot_refresh_token,
+            bot_token_expires_at=None
+            if expires is None
+            else datetime.fromtimestamp(expires, UTC).replace(tzinfo=None),
+        )
+    )
+
+
+async def delete_installations(session: AsyncSession, *, team_id: str) -> int:
+    """Forget every installation and bot token of a workspace; returns how many bot rows went."""
+    await session.execute(delete(slack_installations).where(slack_installations.c.team_id == team_id))
+    result = await session.execute(delete(slack_bots).where(slack_bots.c.team_id == team_id))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def installed_teams(session: AsyncSession, *, client_id: str) -> list[str]:
+    """Every workspace with a bot token, newest install first."""
+    c = slack_bots.c
+    rows = await session.execute(
+        select(c.team_id, func.max(c.installed_at))
+        .where(c.client_id == client_id, c.bot_token.is_not(None), c.team_id.is_not(None))
+        .group_by(c.team_id)
+        .order_by(func.max(c.installed_at).desc())
+    )
+    return [str(team) for team, _ in rows.all()]
+
+
+async def stop_workspace_runs(session: AsyncSession, *, team_id: str, code: str) -> int:
+    """End every unfinished run of a workspace, now and without a word in Slack: the claim
+    generation moves on, so a worker driving one fails its next fence (`leases.ensure_held`)."""
+    result = await session.execute(
+        update(Run)
+        .where(Run.team_id == team_id, Run.status.in_(ACTIVE_STATUSES))
+        .values(
+            status=RunStatus.FAILED,
+            error_code=code,
+            finished_at=utcnow(),
+            lease_owner=None,
+            lease_expires_at=None,
+            lease_generation=Run.lease_generation + 1,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

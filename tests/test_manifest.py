@@ -441,6 +441,8 @@ EVENT_SCOPES: dict[str, set[str]] = {
     "message.mpim": {"mpim:history"},
     "app_home_opened": set(),
     "assistant_thread_started": set(),
+    "app_uninstalled": set(),
+    "tokens_revoked": set(),
 }
 
 

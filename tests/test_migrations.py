@@ -26,6 +26,9 @@ TABLES = {
     "documents",
     "vector_stores",
     "library_requests",
+    "slack_installations",
+    "slack_bots",
+    "slack_oauth_states",
     "alembic_version",
 }
 

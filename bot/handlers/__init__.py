@@ -11,7 +11,7 @@ from slack_bolt.error import BoltUnhandledRequestError
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.response import BoltResponse
 
-from bot.handlers import actions, commands, events, surfaces
+from bot.handlers import actions, commands, events, installs, surfaces
 from bot.logs import log_context
 from bot.metrics import Metrics
 from bot.tutor import Tutor
@@ -27,6 +27,7 @@ def register(app: AsyncApp, tutor: Tutor, metrics: Metrics) -> None:
     commands.register(app, tutor)
     actions.register(app, tutor)
     surfaces.register(app, tutor)
+    installs.register(app, tutor)
     events.acknowledge_the_rest(app)  # last: Bolt runs the first listener that matches
     app.error(on_error)
 

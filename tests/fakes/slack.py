@@ -12,6 +12,15 @@ or stopping a stream that was stopped, or that is older than ``fake.stream_expir
 ``fake.append_interval`` seconds answer HTTP 429 ``ratelimited`` with ``Retry-After``.
 ``fake.refuse_streams = "channel_type_not_supported"`` refuses every startStream with that error.
 
+Many workspaces (distribution mode): ``fake.authorization_code(team_id)`` is the ``code`` Slack
+would send an installer back with; ``oauth.v2.access`` exchanges it (client id and secret checked)
+for that workspace's own bot token, bot user and bot id, and with ``rotation=True`` a refresh
+token too (``grant_type=refresh_token`` then gives new tokens and retires the old ones).
+``auth.test`` answers for whichever workspace the token belongs to. A channel given to
+``fake.channel_teams`` belongs to that team: any other workspace's token gets
+``channel_not_found`` there, and a file hosted with ``team_id=`` downloads only with that team's
+token. The default token (``fake.bot_token``, team ``fake.team_id``) works as it always did.
+
 Selectors for ``calls()``, ``fail_next()`` and ``delay_next()``: a Web API method name
 (``"chat.postMessage"``, exact match) or, for the other routes, a path prefix starting with
 ``/`` (``"/upload/v1/"``, ``"/files-pri/"``, ``"/response_url/"``).
@@ -19,6 +28,7 @@ Selectors for ``calls()``, ``fail_next()`` and ``delay_next()``: a Web API metho
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import math
@@ -126,6 +136,21 @@ def _guess_filetype(name: str) -> str:
     return ext.lower() if dot and ext else "binary"
 
 
+@dataclass
+class FakeWorkspace:
+    """A workspace that installs the app through OAuth (distribution mode)."""
+
+    team_id: str
+    team_name: str
+    bot_user_id: str
+    bot_id: str
+    rotation: bool = False
+    bot_token: str | None = None
+    refresh_token: str | None = None
+    #: Tokens issued so far (each install or refresh makes new ones).
+    issued: int = 0
+
+
 class FakeSlack(FakeServer):
     """Fake Slack Web API. See the module docstring for selectors and routes."""
 
@@ -187,6 +212,16 @@ class FakeSlack(FakeServer):
         self.refuse_streams: str | None = None
         self._last_ts = 1_760_000_000_000_000
         self._file_counter = 0
+        #: The app's OAuth credentials (oauth.v2.access refuses others).
+        self.client_id = "1111.2222"
+        self.client_secret = "fake-client-secret"
+        #: Seconds a rotating token lives (``expires_in``); Slack's are 12 hours.
+        self.token_lifetime = 43_200
+        #: Workspaces installed through oauth.v2.access, by team id.
+        self.workspaces: dict[str, FakeWorkspace] = {}
+        self._codes: dict[str, FakeWorkspace] = {}
+        #: channel id -> the team it belongs to (channels not listed belong to every team).
+        self.channel_teams: dict[str, str] = {}
         self._methods: dict[str, Handler] = {
             "auth.test": self._auth_test,
             "chat.postMessage": self._chat_post_message,
@@ -309,12 +344,14 @@ class FakeSlack(FakeServer):
         filetype: str | None = None,
         user: str = "U0ALICE",
         title: str | None = None,
+        team_id: str | None = None,
     ) -> dict[str, Any]:
         """Serve ``content`` like a file shared in Slack and return its Slack file object.
 
         Download URL: ``{base_url}/files-pri/{team_id}-{id}/download/{name}`` (bearer required).
         """
         fid = file_id or self.new_file_id()
+        team = team_id or self.team_id
         now = int(time.time())
         ftype = filetype or _guess_filetype(name)
         info: dict[str, Any] = {
@@ -327,7 +364,7 @@ class FakeSlack(FakeServer):
             "filetype": ftype,
             "pretty_type": ftype.upper(),
             "user": user,
-            "user_team": self.team_id,
+            "user_team": team,
             "editable": False,
             "size": len(content),
             "mode": "hosted",
@@ -337,10 +374,10 @@ class FakeSlack(FakeServer):
             "public_url_shared": False,
             "display_as_bot": False,
             "username": "",
-            "url_private": f"{self.origin}/files-pri/{self.team_id}-{fid}/{name}",
-            "url_private_download": (f"{self.origin}/files-pri/{self.team_id}-{fid}/download/{name}"),
+            "url_private": f"{self.origin}/files-pri/{team}-{fid}/{name}",
+            "url_private_download": (f"{self.origin}/files-pri/{team}-{fid}/download/{name}"),
             "permalink": f"https://{self.team_domain}.slack.com/files/{user}/{fid}/{name}",
-            "permalink_public": f"https://slack-files.com/{self.team_id}-{fid}-0000000000",
+            "permalink_public": f"https://slack-files.com/{team}-{fid}-0000000000",
             "file_access": "visible",
             "shares": {},
             "channels": [],
@@ -420,6 +457,96 @@ class FakeSlack(FakeServer):
         """Deliver a Socket Mode envelope (events_api, slash_commands, interactive) to the app."""
         await self.sockets[0].send_json(envelope)
 
+    # -- Many workspaces: OAuth installs, per-workspace tokens and channels -------------------
+
+    def authorization_code(
+        self, team_id: str, *, team_name: str | None = None, rotation: bool = False
+    ) -> str:
+        """The ``code`` Slack sends an installer of ``team_id`` back to the redirect URL with."""
+        suffix = team_id.removeprefix("T")
+        workspace = FakeWorkspace(
+            team_id=team_id,
+            team_name=team_name or f"Team {suffix}",
+            bot_user_id=f"U0BOT{suffix}",
+            bot_id=f"B0BOT{suffix}",
+            rotation=rotation,
+        )
+        code = f"code-{team_id}-{len(self._codes)}"
+        self._codes[code] = workspace
+        return code
+
+    def uninstall(self, team_id: str) -> None:
+        """The workspace removed the app: its tokens stop working."""
+        self.workspaces.pop(team_id, None)
+
+    def workspace_of(self, token: str | None) -> FakeWorkspace | None:
+        """The installed workspace a (current) token belongs to."""
+        return next((w for w in self.workspaces.values() if token and w.bot_token == token), None)
+
+    def _issue(self, workspace: FakeWorkspace) -> dict[str, Any]:
+        workspace.issued += 1
+        n, team = workspace.issued, workspace.team_id
+        tokens: dict[str, Any] = {"token_type": "bot", "scope": "chat:write,commands"}
+        if workspace.rotation:
+            workspace.bot_token = f"xoxe.xoxb-1-{team}-{n}"
+            workspace.refresh_token = f"xoxe-1-{team}-refresh-{n}"
+            tokens |= {"refresh_token": workspace.refresh_token, "expires_in": self.token_lifetime}
+        else:
+            workspace.bot_token = f"xoxb-{team}-{n}"
+        self.workspaces[team] = workspace
+        return tokens | {"access_token": workspace.bot_token}
+
+    def _oauth_v2_access(self, rec: RecordedRequest) -> dict[str, Any]:
+        auth = rec.headers.get("authorization", "")
+        if auth.lower().startswith("basic "):
+            client_id, _, secret = base64.b64decode(auth[6:]).decode().partition(":")
+        else:
+            client_id, secret = str(rec.args.get("client_id") or ""), str(rec.args.get("client_secret") or "")
+        if client_id != self.client_id:
+            return {"ok": False, "error": "invalid_client_id"}
+        if secret != self.client_secret:
+            return {"ok": False, "error": "bad_client_secret"}
+        if rec.args.get("grant_type") == "refresh_token":
+            refresh = rec.args.get("refresh_token")
+            workspace = next(
+                (w for w in self.workspaces.values() if refresh and w.refresh_token == refresh), None
+            )
+            if workspace is None:
+                return {"ok": False, "error": "invalid_refresh_token"}
+        else:
+            workspace = self._codes.pop(str(rec.args.get("code") or ""), None)
+            if workspace is None:
+                return {"ok": False, "error": "invalid_code"}
+        return {
+            "ok": True,
+            "app_id": self.app_id,
+            "authed_user": {"id": "U0INSTALLER"},
+            "bot_user_id": workspace.bot_user_id,
+            "team": {"id": workspace.team_id, "name": workspace.team_name},
+            "enterprise": None,
+            "is_enterprise_install": False,
+            **self._issue(workspace),
+        }
+
+    def _workspace_auth_test(self, workspace: FakeWorkspace) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "url": f"https://{workspace.team_id.lower()}.slack.com/",
+            "team": workspace.team_name,
+            "user": "tutor",
+            "team_id": workspace.team_id,
+            "user_id": workspace.bot_user_id,
+            "bot_id": workspace.bot_id,
+            "is_enterprise_install": False,
+        }
+
+    def _team_of_token(self, token: str | None) -> str | None:
+        """The team a token speaks for; None when it is no (current) bot token."""
+        if token == self.bot_token:
+            return self.team_id
+        workspace = self.workspace_of(token)
+        return workspace.team_id if workspace else None
+
     async def _api(self, request: web.Request) -> web.StreamResponse:
         rec = recorded(request)
         method = request.match_info["method"]
@@ -427,8 +554,17 @@ class FakeSlack(FakeServer):
         token = rec.bearer or args.get("token")
         if method == "apps.connections.open" and token == self.app_token:
             return web.json_response({"ok": True, "url": f"ws://127.0.0.1:{self.port}/socket"})
-        if token != self.bot_token:
+        if method == "oauth.v2.access":
+            return web.json_response(self._oauth_v2_access(rec))
+        team = self._team_of_token(token)
+        if team is None:
             return web.json_response({"ok": False, "error": "invalid_auth"})
+        workspace = self.workspace_of(token)
+        if method == "auth.test" and workspace is not None:
+            return web.json_response(self._workspace_auth_test(workspace))
+        channel = args.get("channel") or args.get("channel_id")
+        if channel and self.channel_teams.get(str(channel), team) != team:
+            return web.json_response({"ok": False, "error": "channel_not_found"})
         new_message = method in ("chat.postMessage", "chat.startStream")
         if new_message and (retry_after := self._over_channel_limit(args)) is not None:
             self.rate_limited += 1
@@ -968,7 +1104,8 @@ class FakeSlack(FakeServer):
         team_file = request.match_info["team_file"]
         _, _, fid = team_file.partition("-")
         hosted = self.hosted_files.get(fid)
-        if rec.bearer != self.bot_token or hosted is None:
+        file_team = team_file.partition("-")[0]
+        if self._team_of_token(rec.bearer) != file_team or hosted is None:
             # Slack does not answer 401: it redirects to the sign-in page (200 text/html).
             return web.Response(status=200, text=_SIGN_IN_PAGE, content_type="text/html")
         response = web.StreamResponse(
