@@ -598,6 +598,8 @@ class Poller:
         deadline = _DEADLINE.get()
         if deadline is not None:
             deadline.reschedule(None)  # an answer being delivered is never cut off
+        if reply is not None and run.kind == RunKind.ANSWER:
+            await self._preparer.usage.record(run, reply)  # once per run: a retried reply adds nothing
         await self._replier.deliver(run, reply)
         failed = bool(run.error_code) or (reply is not None and reply.failure() is not None)
         await self._finish(run, failed=failed)

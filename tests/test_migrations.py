@@ -26,6 +26,8 @@ TABLES = {
     "documents",
     "vector_stores",
     "library_requests",
+    "usage_records",
+    "channel_budgets",
     "alembic_version",
 }
 
