@@ -265,6 +265,7 @@ def usage_text(report: UsageReport) -> str:
         lines.append(_breakdown(report.workspace.month))
     else:
         lines.append(_breakdown(report.channel.month, here=True))
+    # Room for the feedback line ("helpful: N % of M rated answers") above the footnote.
     lines.append(
         "_Cost: an estimate from list prices per token; "
         "code-interpreter container time is billed separately._"
@@ -280,21 +281,25 @@ def _figures(figures: Figures) -> str:
     if not figures.answers:
         return "nothing yet"
     answers = "answer" if figures.answers == 1 else "answers"
-    return f"{figures.tokens:,} tokens ({figures.answers} {answers}){_cost(figures)}"
+    cost = _cost(figures)
+    return f"{figures.tokens:,} tokens ({figures.answers} {answers}{', ' + cost if cost else ''})"
 
 
 def _cost(figures: Figures) -> str:
-    unpriced = f" (no price for {', '.join(f'`{m}`' for m in figures.unpriced)})" if figures.unpriced else ""
-    if figures.cost is None:
-        return unpriced
-    cost = f"{figures.cost:.4f}" if figures.cost < Decimal("0.01") else f"{figures.cost:.2f}"
-    return f", ≈ ${cost}{unpriced}"
+    """ "≈ $0.0021", and which models have no price; "" when there is nothing to say."""
+    parts = []
+    if figures.cost is not None:
+        parts.append(f"≈ ${figures.cost:.4f}" if figures.cost < Decimal("0.01") else f"≈ ${figures.cost:.2f}")
+    if figures.unpriced:
+        parts.append("no price for " + ", ".join(f"`{model}`" for model in figures.unpriced))
+    return "; ".join(parts)
 
 
 def _top_line(title: str, rows: list[tuple[str, Figures]]) -> str:
     if not rows:
         return f"*{title}:* nothing yet"
-    return f"*{title}:* " + " • ".join(f"{name} {f.tokens:,}{_cost(f)}" for name, f in rows)
+    shown = [f"{name} {f.tokens:,}" + (f" ({cost})" if (cost := _cost(f)) else "") for name, f in rows]
+    return f"*{title}:* " + " • ".join(shown)
 
 
 def _breakdown(month: Figures, *, here: bool = False) -> str:
