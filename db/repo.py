@@ -767,6 +767,14 @@ async def usage_by(
     return [(name, _totals(model, rest)) for name, model, *rest in await session.execute(query)]
 
 
+async def forget_usage_of_user(session: AsyncSession, *, team_id: str, user_id: str) -> int:
+    """`/tutor forget me`: delete a person's usage rows in a workspace; how many there were."""
+    result = await session.execute(
+        delete(UsageRecord).where(UsageRecord.team_id == team_id, UsageRecord.user_id == user_id)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 async def get_channel_budget(session: AsyncSession, *, team_id: str, channel_id: str) -> ChannelBudget | None:
     return await session.scalar(
         select(ChannelBudget).where(ChannelBudget.team_id == team_id, ChannelBudget.channel_id == channel_id)

@@ -3,10 +3,20 @@ person and workspace (`/tutor usage`); daily budgets stop a question before it r
 
 from __future__ import annotations
 
+import asyncio
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
+from bot.handlers.commands import usage_text
+from bot.pricing import estimated_cost
+from bot.retention import Retention
+from bot.usage import Figures, Period, UsageLedger, UsageReport
+from db import repo
+from db.migrate import upgrade
 from db.models import Run, UsageRecord
 from tests.conftest import Bot, BotFactory
 from tests.fakes import wait_for
@@ -37,6 +47,23 @@ def _fake_usage(bot: Bot, run: Run) -> dict[str, Any]:
     assert run.response_id is not None
     usage: dict[str, Any] = bot.openai.responses[run.response_id].body["usage"]
     return usage
+
+
+def _row(run_uuid: str, at: datetime, input_tokens: int, output_tokens: int) -> dict[str, Any]:
+    """A usage row of Alice's in the math channel (for rows dated without running answers)."""
+    return {
+        "run_uuid": run_uuid,
+        "team_id": "T0001",
+        "channel_id": CHANNEL,
+        "user_id": ALICE,
+        "model": "gpt-6-luna",
+        "input_tokens": input_tokens,
+        "cached_tokens": 0,
+        "output_tokens": output_tokens,
+        "reasoning_tokens": 0,
+        "code_interpreter": False,
+        "created_at": at,
+    }
 
 
 def _tokens(bot: Bot, runs: list[Run]) -> int:
@@ -172,11 +199,6 @@ async def test_usage_is_recorded_once_when_the_reply_is_retried(bot: Bot) -> Non
 
 
 async def test_today_and_this_month_are_utc_days_and_months(bot: Bot) -> None:
-    from datetime import UTC, datetime
-
-    from bot.usage import UsageLedger
-    from db import repo
-
     now = datetime(2026, 12, 15, 10, 30, tzinfo=UTC)
     sessions, settings = bot.components.sessions, bot.components.settings
     ledger = UsageLedger(sessions=sessions, settings=settings, clock=lambda: now)
@@ -184,32 +206,43 @@ async def test_today_and_this_month_are_utc_days_and_months(bot: Bot) -> None:
     when.append(datetime(2026, 11, 30, 23, 59, tzinfo=UTC))  # last month: not counted
     async with sessions.begin() as session:
         for number, at in enumerate(when):
-            row = {"run_uuid": f"run-{number}", "team_id": "T0001", "channel_id": CHANNEL, "user_id": ALICE}
-            row |= {"model": "gpt-6-luna", "input_tokens": 1000, "cached_tokens": 0, "output_tokens": 100}
-            row |= {"reasoning_tokens": 0, "code_interpreter": False, "created_at": at}
-            assert await repo.record_usage(session, row=row)
+            assert await repo.record_usage(session, row=_row(f"run-{number}", at, 1000, 100))
     report = await ledger.report(team_id="T0001", channel_id=CHANNEL, user_id=ALICE, workspace=False)
     assert (report.me.today.answers, report.me.today.tokens) == (1, 1100)
     assert (report.me.month.answers, report.me.month.tokens) == (2, 2200)
     assert ledger.resets_at() == datetime(2026, 12, 16, tzinfo=UTC)
 
 
+async def test_usage_rows_outlive_the_runs_and_are_pruned_after_their_own_retention(bot: Bot) -> None:
+    now = datetime(2026, 12, 15, tzinfo=UTC)
+    async with bot.components.sessions.begin() as session:
+        for number, days in enumerate((40, 401)):
+            await repo.record_usage(session, row=_row(f"run-{number}", now - timedelta(days=days), 10, 1))
+    retention = Retention(bot.components.engine, days=30, usage_days=400, clock=lambda: now)
+    assert (await retention.prune()).usage == 1
+    assert [r.run_uuid for r in await _records(bot)] == ["run-0"]
+
+
 def test_prices_come_from_one_table_and_unknown_models_have_no_cost() -> None:
-    from decimal import Decimal
-
-    from bot.handlers.commands import usage_text
-    from bot.pricing import estimated_cost
-    from bot.usage import Figures, Period, UsageReport
-    from db.repo import UsageTotals
-
     mtok = 1_000_000  # one million tokens
     luna = estimated_cost("gpt-6-luna", input_tokens=mtok, cached_tokens=mtok // 2, output_tokens=mtok)
     assert luna == Decimal("0.05") + Decimal("0.005") + Decimal("0.50")
     assert estimated_cost("gpt-6-luna-2026-10-01", input_tokens=10, cached_tokens=0, output_tokens=0)
     assert estimated_cost("my-fine-tune", input_tokens=10, cached_tokens=0, output_tokens=10) is None
 
-    unknown = Figures.of([UsageTotals("my-fine-tune", answers=1, input_tokens=1200, output_tokens=34)])
+    unknown = Figures.of([repo.UsageTotals("my-fine-tune", answers=1, input_tokens=1200, output_tokens=34)])
     nothing = Figures.of([])
     text = usage_text(UsageReport(channel=Period(nothing, unknown), me=Period(nothing, nothing)))
     assert "this month 1,234 tokens (1 answer, no price for `my-fine-tune`)" in text
     assert "$" not in text.split("_Cost")[0]
+
+
+@pytest.mark.postgres
+async def test_usage_and_budgets_on_postgres(start_bot: BotFactory, postgres_url: str) -> None:
+    await asyncio.to_thread(upgrade, postgres_url)
+    bot = await start_bot(url=postgres_url)
+    await test_a_channels_own_budget_applies_in_that_channel_only(bot)
+    answered = [run for run in await bot.runs() if run.response_id]
+    assert len(await _records(bot)) == len(answered) == 3
+    text = await _command(bot, "usage", user=BOB)
+    assert f"*Workspace:* today {_tokens(bot, answered):,} tokens (3 answers, ≈ $" in text
