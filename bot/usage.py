@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Literal
@@ -36,35 +36,34 @@ BudgetScope = Literal["user", "channel"]
 
 @dataclass(frozen=True)
 class Figures:
-    """Usage of one scope (a channel, a person, the workspace) over one period."""
+    """Usage of one scope (a channel, a person, the workspace) over one period, all models together."""
 
-    answers: int = 0
-    input_tokens: int = 0
-    cached_tokens: int = 0
-    output_tokens: int = 0
-    reasoning_tokens: int = 0
-    code_runs: int = 0
+    counts: repo.UsageTotals = field(default_factory=lambda: repo.UsageTotals(model=""))
     #: US dollars, estimated from `bot.pricing` for the models it knows; None if it knows none used.
     cost: Decimal | None = None
     #: Models used here that have no price (their tokens are in the counts, not in `cost`).
     unpriced: tuple[str, ...] = ()
 
     @property
+    def answers(self) -> int:
+        return self.counts.answers
+
+    @property
     def tokens(self) -> int:
-        return self.input_tokens + self.output_tokens
+        return self.counts.total
 
     @classmethod
     def of(cls, totals: Iterable[repo.UsageTotals]) -> Figures:
         rows = list(totals)
+        summed = {
+            f.name: sum(getattr(t, f.name) for t in rows)
+            for f in fields(repo.UsageTotals)
+            if f.name != "model"
+        }
         costs = [(t.model, _cost(t)) for t in rows]
         priced = [c for _, c in costs if c is not None]
         return cls(
-            answers=sum(t.answers for t in rows),
-            input_tokens=sum(t.input_tokens for t in rows),
-            cached_tokens=sum(t.cached_tokens for t in rows),
-            output_tokens=sum(t.output_tokens for t in rows),
-            reasoning_tokens=sum(t.reasoning_tokens for t in rows),
-            code_runs=sum(t.code_runs for t in rows),
+            counts=repo.UsageTotals(model="", **summed),
             cost=sum(priced, Decimal(0)) if priced else None,
             unpriced=tuple(sorted({model for model, c in costs if c is None})),
         )

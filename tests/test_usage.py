@@ -149,7 +149,8 @@ async def test_budget_changes_are_refused_for_someone_who_is_not_an_admin(bot: B
 
 async def test_a_channels_own_budget_applies_in_that_channel_only(bot: Bot) -> None:
     bot.slack.admins.add(BOB)
-    assert "`/tutor budget user <tokens>" in await _command(bot, "budget user lots", user=BOB)
+    for typo in ("budget user lots", "budget user 99999999999999999999", "budget everyone 5"):
+        assert "`/tutor budget user <tokens>" in await _command(bot, typo, user=BOB)
     answer = await _command(bot, "budget user 10", user=BOB)
     assert "• Per person: 10 (this channel's own limit)" in answer
     await _ask(bot, "What is 2 + 2?")  # answered: nothing used yet today

@@ -222,6 +222,8 @@ BUDGET_USAGE = (
 NOT_ADMIN = "Only a workspace admin can change the tutor's budgets, so nothing changed."
 #: "50000", "50,000", "50k", "1.5M".
 TOKENS = re.compile(r"(\d+(?:\.\d+)?)\s*([km]?)", re.IGNORECASE)
+#: Larger limits are refused as typos (and would overflow the column).
+MAX_TOKENS = 10**12
 
 
 async def _budget(tutor: Tutor, where: dict[str, str], rest: str) -> str:
@@ -249,7 +251,8 @@ def _tokens(value: str) -> int | str | None:
     if match is None:
         return None
     scale = {"": 1, "k": 1_000, "m": 1_000_000}[match.group(2).lower()]
-    return int(Decimal(match.group(1)) * scale)
+    tokens = int(Decimal(match.group(1)) * scale)
+    return tokens if tokens <= MAX_TOKENS else None
 
 
 def usage_text(report: UsageReport) -> str:
@@ -262,9 +265,9 @@ def usage_text(report: UsageReport) -> str:
         lines.append(_period_line("Workspace", report.workspace))
         lines.append(_top_line("Top channels this month", [(f"<#{c}>", f) for c, f in report.top_channels]))
         lines.append(_top_line("Top people this month", [(f"<@{u}>", f) for u, f in report.top_users]))
-        lines.append(_breakdown(report.workspace.month))
-    else:
-        lines.append(_breakdown(report.channel.month, here=True))
+    month, where = (report.workspace.month, "") if report.workspace else (report.channel.month, "here ")
+    if month.answers:
+        lines.append(_breakdown(month, where))
     # Room for the feedback line ("helpful: N % of M rated answers") above the footnote.
     lines.append(
         "_Cost: an estimate from list prices per token; "
@@ -286,7 +289,7 @@ def _figures(figures: Figures) -> str:
 
 
 def _cost(figures: Figures) -> str:
-    """ "≈ $0.0021", and which models have no price; "" when there is nothing to say."""
+    """The estimated cost ("≈ $0.0021") and the models without a price; "" if there is neither."""
     parts = []
     if figures.cost is not None:
         parts.append(f"≈ ${figures.cost:.4f}" if figures.cost < Decimal("0.01") else f"≈ ${figures.cost:.2f}")
@@ -302,12 +305,12 @@ def _top_line(title: str, rows: list[tuple[str, Figures]]) -> str:
     return f"*{title}:* " + " • ".join(shown)
 
 
-def _breakdown(month: Figures, *, here: bool = False) -> str:
-    where = "here " if here else ""
+def _breakdown(month: Figures, where: str) -> str:
+    counts = month.counts
     return (
-        f"This month {where}in detail: {month.input_tokens:,} input ({month.cached_tokens:,} cached), "
-        f"{month.output_tokens:,} output ({month.reasoning_tokens:,} reasoning); "
-        f"code ran in {month.code_runs} of {month.answers} answers."
+        f"This month {where}in detail: {counts.input_tokens:,} input ({counts.cached_tokens:,} cached), "
+        f"{counts.output_tokens:,} output ({counts.reasoning_tokens:,} reasoning); "
+        f"code ran in {counts.code_runs} of {counts.answers} answers."
     )
 
 
