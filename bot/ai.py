@@ -85,6 +85,20 @@ class ContainerFile:
 
 
 @dataclass(frozen=True)
+class TokenUsage:
+    """What a response used (`usage`): cached tokens are part of the input, reasoning tokens of the output."""
+
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass(frozen=True)
 class ModelReply:
     """A response as the tutor needs it: status, the answer's text and the charts it cites."""
 
@@ -100,6 +114,10 @@ class ModelReply:
     container_ids: tuple[str, ...] = ()
     #: Documents the answer cites (`file_citation`), de-duplicated, in order.
     citations: tuple[Citation, ...] = ()
+    #: The model that answered and what it used; None when not known (an answer found among a
+    #: conversation's items carries no usage).
+    model: str | None = None
+    usage: TokenUsage | None = None
 
     @property
     def ran_code(self) -> bool:
@@ -523,6 +541,19 @@ def _reply_from(response_id: str | None, status: str, items: Iterable[Any], resp
         refused=refused,
         container_ids=tuple(containers),
         citations=tuple(citations.values()),
+        model=getattr(response, "model", None) or None,
+        usage=_usage_of(getattr(response, "usage", None)),
+    )
+
+
+def _usage_of(usage: Any) -> TokenUsage | None:
+    if usage is None:
+        return None
+    return TokenUsage(
+        input_tokens=usage.input_tokens or 0,
+        cached_tokens=getattr(usage.input_tokens_details, "cached_tokens", 0) or 0,
+        output_tokens=usage.output_tokens or 0,
+        reasoning_tokens=getattr(usage.output_tokens_details, "reasoning_tokens", 0) or 0,
     )
 
 

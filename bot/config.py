@@ -102,6 +102,12 @@ class Settings(DatabaseSettings):
     tutor_document_max_mb: float = Field(default=10.0, ge=0)
     #: How long a question waits for its documents to be indexed, and a library add for its files.
     tutor_index_wait: float = Field(default=120.0, gt=0)
+    #: Daily token budgets (input + output, UTC days); 0: no limit. `/tutor budget` sets a channel's
+    #: own per-user limit (and a channel-wide one) over these.
+    tutor_daily_tokens_per_user: int = Field(default=0, ge=0)
+    tutor_daily_tokens_per_workspace: int = Field(default=0, ge=0)
+    #: Usage rows (token counts per answer, no content) are deleted after this many days.
+    tutor_usage_retention_days: float = Field(default=400.0, gt=0)
     #: Display equations as images (mathtext PNGs in the answer); false: Unicode text only.
     tutor_math_images: bool = True
 

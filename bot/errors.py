@@ -7,6 +7,7 @@ else raises them and logs the cause once.
 from __future__ import annotations
 
 import re
+from typing import ClassVar
 
 
 class TutorError(Exception):
@@ -106,6 +107,33 @@ class EmptyQuestion(TutorError):
         "What would you like to ask? Write your question after the mention, "
         "e.g. `@tutor How do I solve 3x + 11 = 14?`"
     )
+
+
+class BudgetExceeded(TutorError):
+    """A daily token budget is used up: the question is not sent to OpenAI. `detail` is
+    "<user|channel|workspace>@<reset time, Unix seconds>" (stored on the run, rebuilt by `from_code`)."""
+
+    WHOSE: ClassVar[dict[str, tuple[str, str]]] = {
+        "user": ("You've", "your"),
+        "channel": ("This channel has", "its"),
+        "workspace": ("This workspace has", "its"),
+    }
+
+    @classmethod
+    def of(cls, scope: str, resets_at: int) -> BudgetExceeded:
+        return cls(f"{scope}@{resets_at}")
+
+    @property
+    def user_message(self) -> str:  # type: ignore[override]
+        scope, _, at = getattr(self, "detail", "").partition("@")
+        who, whose = self.WHOSE.get(scope, self.WHOSE["workspace"])
+        when = "at 00:00 UTC"
+        if at.isdigit():  # shown in the reader's time zone, with the plain UTC time as fallback
+            when = f"<!date^{at}^{{date_short_pretty}} at {{time}}|{when}>"
+        return (
+            f"{who} used up {whose} tutor budget for today, so I didn't send this question to OpenAI; "
+            f"it resets {when}."
+        )
 
 
 class SlackDeliveryFailed(TutorError):

@@ -624,7 +624,10 @@ class Poller:
         deadline = _DEADLINE.get()
         if deadline is not None:
             deadline.reschedule(None)  # an answer being delivered is never cut off
-        await self._crew(run).replier.deliver(run, reply)
+        crew = self._crew(run)
+        if reply is not None and run.kind == RunKind.ANSWER:
+            await crew.preparer.usage.record(run, reply)  # once per run: a retried reply adds nothing
+        await crew.replier.deliver(run, reply)
         failed = bool(run.error_code) or (reply is not None and reply.failure() is not None)
         await self._finish(run, failed=failed)
         log.info("run %s: %s", run.id, "failed" if failed else "answered")

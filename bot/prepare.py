@@ -19,6 +19,7 @@ from bot.documents import DocumentDesk
 from bot.files import SharedFile, file_type
 from bot.library import LibraryIndexer
 from bot.slack_api import Place, SlackGateway
+from bot.usage import UsageLedger
 from db import repo
 from db.models import DEFAULT_PROFILE, Profile, Run, ThreadFile, TutorThread
 
@@ -70,13 +71,16 @@ class RunPreparer:
         self.documents = DocumentDesk(sessions=sessions, ai=ai, settings=settings)
         #: A library add's worker part: upload, index, report (`/tutor library` is the handlers').
         self.library = LibraryIndexer(sessions=sessions, files=self._files, desk=self.documents, slack=slack)
+        #: Usage recorded when a run finishes, and the daily budgets checked before its create.
+        self.usage = UsageLedger(sessions=sessions, settings=settings)
 
     async def show_working(self, run: Run, status: str = "is thinking…") -> None:
         await self._slack.show_status(place_of(run), status, message_ts=run.message_ts)
 
     async def prepare(self, run: Run) -> RunRequest | None:
         """Everything a model run needs: the thread's conversation, sandbox and files, and
-        instructions. None when there is nothing to ask (only rejected files, no text)."""
+        instructions. None when there is nothing to ask (only rejected files, no text);
+        BudgetExceeded, before anything reaches OpenAI, when a daily budget is used up."""
         async with self._sessions() as session:
             thread = await session.get(TutorThread, run.thread_id)
             assert thread is not None
@@ -89,6 +93,8 @@ class RunPreparer:
             # The run's own (file analyses), the thread's, the channel's choice, or the math tutor.
             chosen = run.profile_id or thread.profile_id or (channel.profile_id if channel else None)
             profile = await repo.profile_or_default(session, profile_id=chosen, default_slug=DEFAULT_PROFILE)
+        if run.create_started_at is None:  # a create that may have landed is not refused after the fact
+            await self.usage.check(team_id=run.team_id, channel_id=run.channel_id, user_id=run.user_id)
         first_turn = thread.conversation_id is None
         conversation_id = thread.conversation_id or await self._new_conversation(thread, profile)
         if first_turn and run.reply_thread_ts and run.channel_id.startswith("D"):

@@ -45,6 +45,8 @@ class _Prune(Protocol):
 class Pruned:
     runs: int = 0
     cleanups: int = 0
+    #: Usage rows (token counts, no content) past their own, longer cut-off.
+    usage: int = 0
     #: False when another worker held the lock (PostgreSQL): this round was theirs.
     ran: bool = True
 
@@ -57,9 +59,11 @@ class Retention:
         days: float,
         clock: Callable[[], datetime] = utcnow,
         batch: int = BATCH,
+        usage_days: float | None = None,
     ) -> None:
         self._engine = engine
         self._keep = timedelta(days=days)
+        self._keep_usage = timedelta(days=usage_days) if usage_days is not None else None
         self._clock = clock
         self._batch = batch
         self._postgres = engine.dialect.name == "postgresql"
@@ -73,6 +77,10 @@ class Retention:
             try:
                 runs = await self._in_batches(connection, repo.prune_finished_runs, cutoff)
                 cleanups = await self._in_batches(connection, repo.prune_finished_cleanups, cutoff)
+                usage = 0
+                if self._keep_usage is not None:
+                    usage_cutoff = self._clock() - self._keep_usage
+                    usage = await self._in_batches(connection, repo.prune_usage_records, usage_cutoff)
             finally:
                 if self._postgres:
                     await _unlock(connection)
@@ -83,7 +91,9 @@ class Retention:
                 cleanups,
                 cutoff.date().isoformat(),
             )
-        return Pruned(runs=runs, cleanups=cleanups)
+        if usage:
+            log.info("retention: deleted %d usage rows", usage)
+        return Pruned(runs=runs, cleanups=cleanups, usage=usage)
 
     async def _in_batches(self, connection: AsyncConnection, delete: _Prune, cutoff: datetime) -> int:
         total = 0

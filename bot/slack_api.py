@@ -42,6 +42,8 @@ FINAL_ERRORS = frozenset(
     }
 )
 DISPLAY_NAME_TTL = 3600.0
+#: How long a user's admin status (users.info) is trusted before it is asked again.
+ADMIN_TTL = 60.0
 #: Deadline of one Web API request: a hung Slack holds one run, not the worker, and the replier
 #: retries after looking for what landed.
 CALL_TIMEOUT = 15
@@ -156,6 +158,7 @@ class SlackGateway:
             token=client.token, base_url=client.base_url, timeout=STREAM_CALL_TIMEOUT, retry_handlers=[]
         )
         self._names: dict[str, tuple[str, float]] = {}
+        self._admins: dict[str, tuple[bool, float]] = {}
         self._http: aiohttp.ClientSession | None = None
 
     async def close(self) -> None:
@@ -544,17 +547,9 @@ class SlackGateway:
         cached = self._names.get(user_id)
         if cached and cached[1] > time.monotonic():
             return cached[0]
-        try:
-            with self._metrics.timing("users.info", _error_name):
-                async with asyncio.timeout(COSMETIC_TIMEOUT):
-                    response = await self.client.users_info(user=user_id)
-        except SlackApiError as exc:
-            log.info("users.info %s failed: %s", user_id, exc.response.get("error"))
+        user = await self._user(user_id)
+        if user is None:
             return ""
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            log.info("users.info %s failed: %s", user_id, type(exc).__name__)
-            return ""
-        user: dict[str, Any] = response.get("user") or {}
         profile: dict[str, Any] = user.get("profile") or {}
         name = str(
             profile.get("display_name")
@@ -565,6 +560,31 @@ class SlackGateway:
         )
         self._names[user_id] = (name, time.monotonic() + DISPLAY_NAME_TTL)
         return name
+
+    async def is_admin(self, user_id: str) -> bool:
+        """users.info → is_admin (owners are admins too), cached briefly: a demoted admin loses it
+        within ADMIN_TTL. False when Slack can't say."""
+        cached = self._admins.get(user_id)
+        if cached and cached[1] > time.monotonic():
+            return cached[0]
+        user = await self._user(user_id)
+        return user is not None and self._admins[user_id][0]
+
+    async def _user(self, user_id: str) -> dict[str, Any] | None:
+        try:
+            with self._metrics.timing("users.info", _error_name):
+                async with asyncio.timeout(COSMETIC_TIMEOUT):
+                    response = await self.client.users_info(user=user_id)
+        except SlackApiError as exc:
+            log.info("users.info %s failed: %s", user_id, exc.response.get("error"))
+            return None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.info("users.info %s failed: %s", user_id, type(exc).__name__)
+            return None
+        user: dict[str, Any] = response.get("user") or {}
+        admin = bool(user.get("is_admin") or user.get("is_owner"))
+        self._admins[user_id] = (admin, time.monotonic() + ADMIN_TTL)
+        return user
 
     async def auth_test(self) -> dict[str, Any]:
         response = await self._call("auth.test", self.client.auth_test())

@@ -18,6 +18,7 @@ from bot.inbox import DATA_PROFILE, Inbox, Question, run_row
 from bot.library import Library
 from bot.notifier import WakeUp
 from bot.ui import home_view
+from bot.usage import BudgetScope, Limits, UsageLedger, UsageReport
 from bot.workspaces import Workspaces
 from db import repo
 from db.models import DEFAULT_PROFILE, Profile, RunKind
@@ -60,6 +61,7 @@ class Tutor:
         self._settings = settings
         self._inbox = Inbox(sessions)
         self.library = Library(sessions=sessions)
+        self.usage = UsageLedger(sessions=sessions, settings=settings)
         self.wake = wake
 
     async def accept(self, question: Question) -> bool:
@@ -196,6 +198,25 @@ class Tutor:
         async with self._sessions.begin() as session:
             settings = await repo.upsert_channel_settings(session, team_id=team_id, channel_id=channel_id)
             settings.custom_instructions = text
+
+    async def usage_report(self, *, team_id: str, channel_id: str, user_id: str) -> UsageReport:
+        """`/tutor usage`: this channel and the caller; a workspace admin sees the workspace too."""
+        admin = await (await self._workspaces.gateway(team_id)).is_admin(user_id)
+        return await self.usage.report(
+            team_id=team_id, channel_id=channel_id, user_id=user_id, workspace=admin
+        )
+
+    async def set_budget(
+        self, *, team_id: str, channel_id: str, user_id: str, scope: BudgetScope, tokens: int | None
+    ) -> Limits | None:
+        """`/tutor budget user|channel N|default` by a workspace admin: the limits now in force
+        here; None (and nothing changed) when `user_id` is not an admin."""
+        if not await (await self._workspaces.gateway(team_id)).is_admin(user_id):
+            log.info("/tutor budget refused for %s: not a workspace admin", user_id)
+            return None
+        await self.usage.set_limit(team_id=team_id, channel_id=channel_id, scope=scope, tokens=tokens)
+        log.info("budget %s in %s set to %s by %s", scope, channel_id, tokens, user_id)
+        return await self.usage.limits(team_id=team_id, channel_id=channel_id)
 
     async def welcome(self, *, team_id: str, channel_id: str, thread_ts: str | None) -> None:
         """Suggested prompts when someone opens the tutor's DM (agent view) or pane (assistant view)."""

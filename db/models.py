@@ -352,3 +352,46 @@ slack_installations = SQLAlchemyInstallationStore.build_installations_table(
 slack_bots = SQLAlchemyInstallationStore.build_bots_table(Base.metadata, "slack_bots")
 #: The `state` of each install started at /slack/install, consumed at /slack/oauth_redirect.
 slack_oauth_states = SQLAlchemyOAuthStateStore.build_oauth_states_table(Base.metadata, "slack_oauth_states")
+
+
+class UsageRecord(Base):
+    """What one answer run used, kept after the run itself is pruned: no question text, only counts."""
+
+    __tablename__ = "usage_records"
+    __table_args__ = (
+        UniqueConstraint("run_uuid", name="uq_usage_records_run_uuid"),
+        Index("ix_usage_records_team_day", "team_id", "created_at"),
+        Index("ix_usage_records_channel_day", "team_id", "channel_id", "created_at"),
+        Index("ix_usage_records_user_day", "team_id", "user_id", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: The run's run_uuid: a run's usage is recorded once, however often its reply is retried.
+    run_uuid: Mapped[str] = mapped_column(String(36))
+    team_id: Mapped[str] = mapped_column(String(32))
+    channel_id: Mapped[str] = mapped_column(String(32))
+    user_id: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(128))
+    #: From the response's `usage`: cached tokens are part of the input, reasoning of the output.
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    code_interpreter: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ChannelBudget(Base):
+    """A channel's own daily token limits (`/tutor budget`); None: the workspace's setting applies."""
+
+    __tablename__ = "channel_budgets"
+    __table_args__ = (UniqueConstraint("team_id", "channel_id", name="uq_channel_budgets_channel"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    team_id: Mapped[str] = mapped_column(String(32))
+    channel_id: Mapped[str] = mapped_column(String(32))
+    #: Tokens a day per person asking here (instead of TUTOR_DAILY_TOKENS_PER_USER); 0: no limit.
+    tokens_per_user: Mapped[int | None] = mapped_column(BigInteger)
+    #: Tokens a day for everyone asking in this channel together; None or 0: no limit.
+    tokens_per_channel: Mapped[int | None] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

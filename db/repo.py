@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from slack_sdk.oauth.installation_store import Bot
 from slack_sdk.oauth.installation_store.sqlalchemy import SQLAlchemyInstallationStore
-from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy import Integer, cast, delete, func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from db.leases import ACTIVE_STATUSES
 from db.models import (
+    ChannelBudget,
     ChannelSettings,
     Cleanup,
     Delivery,
@@ -24,6 +26,7 @@ from db.models import (
     RunStatus,
     ThreadFile,
     TutorThread,
+    UsageRecord,
     VectorStore,
     slack_bots,
     slack_installations,
@@ -354,6 +357,17 @@ async def prune_finished_cleanups(
         .limit(limit)
     )
     result = await connection.execute(delete(Cleanup).where(Cleanup.id.in_(oldest.scalar_subquery())))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def prune_usage_records(
+    connection: AsyncSession | AsyncConnection, *, before: datetime, limit: int
+) -> int:
+    """Delete up to `limit` usage rows recorded before `before` (TUTOR_USAGE_RETENTION_DAYS)."""
+    oldest = (
+        select(UsageRecord.id).where(UsageRecord.created_at < before).order_by(UsageRecord.id).limit(limit)
+    )
+    result = await connection.execute(delete(UsageRecord).where(UsageRecord.id.in_(oldest.scalar_subquery())))
     return int(getattr(result, "rowcount", 0) or 0)
 
 
@@ -729,3 +743,143 @@ async def stop_workspace_runs(session: AsyncSession, *, team_id: str, code: str)
         .execution_options(synchronize_session=False)
     )
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+# Usage and budgets (bot.usage). A usage row holds counts, never content; it outlives its run.
+
+
+@dataclass(frozen=True)
+class UsageTotals:
+    """Tokens summed over usage rows of one model (and, for `usage_by`, one channel or user)."""
+
+    model: str
+    answers: int = 0
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    code_runs: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+async def record_usage(session: AsyncSession, *, row: dict[str, Any]) -> bool:
+    """Store a run's usage unless it is stored already (keyed on run_uuid); True if this call did."""
+    result = await session.execute(
+        _insert(session, UsageRecord)
+        .values(**row)
+        .on_conflict_do_nothing(index_elements=["run_uuid"])
+        .returning(UsageRecord.id)
+    )
+    return result.scalar_one_or_none() is not None
+
+
+_SUMS = (
+    func.count(UsageRecord.id),
+    func.coalesce(func.sum(UsageRecord.input_tokens), 0),
+    func.coalesce(func.sum(UsageRecord.cached_tokens), 0),
+    func.coalesce(func.sum(UsageRecord.output_tokens), 0),
+    func.coalesce(func.sum(UsageRecord.reasoning_tokens), 0),
+    func.coalesce(func.sum(cast(UsageRecord.code_interpreter, Integer)), 0),
+)
+
+
+def _totals(model: str, row: Sequence[Any]) -> UsageTotals:
+    answers, input_tokens, cached, output, reasoning, code = (int(v or 0) for v in row)
+    return UsageTotals(model, answers, input_tokens, cached, output, reasoning, code)
+
+
+def _usage_filter(
+    *, team_id: str, since: datetime, until: datetime | None, channel_id: str | None, user_id: str | None
+) -> list[Any]:
+    where = [UsageRecord.team_id == team_id, UsageRecord.created_at >= since]
+    if until is not None:
+        where.append(UsageRecord.created_at < until)
+    if channel_id is not None:
+        where.append(UsageRecord.channel_id == channel_id)
+    if user_id is not None:
+        where.append(UsageRecord.user_id == user_id)
+    return where
+
+
+async def usage_totals(
+    session: AsyncSession,
+    *,
+    team_id: str,
+    since: datetime,
+    until: datetime | None = None,
+    channel_id: str | None = None,
+    user_id: str | None = None,
+) -> list[UsageTotals]:
+    """A workspace's usage from `since` (to `until`), per model; narrowed to a channel and/or user."""
+    where = _usage_filter(team_id=team_id, since=since, until=until, channel_id=channel_id, user_id=user_id)
+    query = select(UsageRecord.model, *_SUMS).where(*where).group_by(UsageRecord.model)
+    return [_totals(model, rest) for model, *rest in await session.execute(query)]
+
+
+async def tokens_used(
+    session: AsyncSession,
+    *,
+    team_id: str,
+    since: datetime,
+    channel_id: str | None = None,
+    user_id: str | None = None,
+) -> int:
+    """Input plus output tokens used from `since`: what a budget counts."""
+    where = _usage_filter(team_id=team_id, since=since, until=None, channel_id=channel_id, user_id=user_id)
+    total = func.coalesce(func.sum(UsageRecord.input_tokens + UsageRecord.output_tokens), 0)
+    return int(await session.scalar(select(total).where(*where)) or 0)
+
+
+async def usage_by(
+    session: AsyncSession, *, team_id: str, since: datetime, by: Literal["channel", "user"]
+) -> list[tuple[str, UsageTotals]]:
+    """A workspace's usage from `since` per channel or per user (and model), largest first."""
+    key = UsageRecord.channel_id if by == "channel" else UsageRecord.user_id
+    total = func.sum(UsageRecord.input_tokens + UsageRecord.output_tokens)
+    query = (
+        select(key, UsageRecord.model, *_SUMS)
+        .where(UsageRecord.team_id == team_id, UsageRecord.created_at >= since)
+        .group_by(key, UsageRecord.model)
+        .order_by(total.desc())
+    )
+    return [(name, _totals(model, rest)) for name, model, *rest in await session.execute(query)]
+
+
+async def forget_usage_of_user(session: AsyncSession, *, team_id: str, user_id: str) -> int:
+    """`/tutor forget me`: delete a person's usage rows in a workspace; how many there were."""
+    result = await session.execute(
+        delete(UsageRecord).where(UsageRecord.team_id == team_id, UsageRecord.user_id == user_id)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def get_channel_budget(session: AsyncSession, *, team_id: str, channel_id: str) -> ChannelBudget | None:
+    return await session.scalar(
+        select(ChannelBudget).where(ChannelBudget.team_id == team_id, ChannelBudget.channel_id == channel_id)
+    )
+
+
+async def set_channel_budget(
+    session: AsyncSession,
+    *,
+    team_id: str,
+    channel_id: str,
+    scope: Literal["user", "channel"],
+    tokens: int | None,
+) -> None:
+    """Set (or with None remove) a channel's per-user or channel-wide daily limit."""
+    await session.execute(
+        _insert(session, ChannelBudget)
+        .values(team_id=team_id, channel_id=channel_id, updated_at=utcnow())
+        .on_conflict_do_nothing(index_elements=["team_id", "channel_id"])
+    )
+    column = "tokens_per_user" if scope == "user" else "tokens_per_channel"
+    await session.execute(
+        update(ChannelBudget)
+        .where(ChannelBudget.team_id == team_id, ChannelBudget.channel_id == channel_id)
+        .values({column: tokens, "updated_at": utcnow()})
+        .execution_options(synchronize_session=False)
+    )

@@ -23,10 +23,10 @@ from tests.slack_payloads import (
 from tests.test_files import _csv
 
 
-async def _command(bot: Bot, text: str, channel: str = CHANNEL) -> str:
+async def _command(bot: Bot, text: str, channel: str = CHANNEL, user: str = ALICE) -> str:
     began = time.monotonic()
     status, body = await bot.send_form(
-        slash_command(text, response_url=bot.slack.response_url(), channel=channel)
+        slash_command(text, response_url=bot.slack.response_url(), channel=channel, user=user)
     )
     assert status == 200
     assert time.monotonic() - began < 3.0  # Slack's limit for the ack

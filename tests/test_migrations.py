@@ -29,6 +29,8 @@ TABLES = {
     "slack_installations",
     "slack_bots",
     "slack_oauth_states",
+    "usage_records",
+    "channel_budgets",
     "alembic_version",
 }
 

@@ -7,6 +7,8 @@ OpenAI clean-up after a reset happens later, in the worker.
 from __future__ import annotations
 
 import logging
+import re
+from decimal import Decimal
 from typing import Any
 
 from slack_bolt.async_app import AsyncApp
@@ -17,6 +19,7 @@ from bot.handlers.events import CHANNEL_ID, TEAM_ID, database_down
 from bot.library import STATUS_WORDS, LibraryListing
 from bot.tutor import Tutor
 from bot.ui import library_clear_confirmation
+from bot.usage import Figures, Limits, Period, UsageReport
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,10 @@ Commands (they act on this channel or DM; Slack doesn't allow them in threads):
 • `/tutor library` — the course material every thread here searches (name, size, who added it, \
 indexing). `/tutor library add`, then share files (or `@tutor add this to the library` on them); \
 `/tutor library remove <name>`; `/tutor library clear`.
+• `/tutor usage` — tokens and estimated cost today and this month, here and yours (admins: the \
+workspace, its top channels and people).
+• `/tutor budget` — the daily token limits here. Admins: `/tutor budget user <tokens>|off|default` \
+(per person, in this channel), `/tutor budget channel <tokens>|off` (everyone here together).
 • `/tutor help` — this message."""
 
 
@@ -64,7 +71,8 @@ def register(app: AsyncApp, tutor: Tutor) -> None:
             log.warning("ignored /tutor %s without a team and channel", sub.lower())
             await ack(text="I couldn't tell which channel this is for, so nothing changed.")
             return
-        args = {**where, "user_id": str(command.get("user_id") or "")} if handler is _library else where
+        needs_user = handler in (_library, _usage, _budget)
+        args = {**where, "user_id": str(command.get("user_id") or "")} if needs_user else where
         try:
             answer = await handler(tutor, args, rest.strip())
         except Exception as exc:
@@ -202,6 +210,129 @@ def _size(size: int) -> str:
     return f"{max(1, round(size / 1024))} KB"
 
 
+async def _usage(tutor: Tutor, where: dict[str, str], _rest: str) -> str:
+    return usage_text(await tutor.usage_report(**where))
+
+
+BUDGET_USAGE = (
+    "Use `/tutor budget` to see the limits here; admins set them with "
+    "`/tutor budget user <tokens>|off|default` or `/tutor budget channel <tokens>|off` "
+    "(e.g. `/tutor budget user 50k`)."
+)
+NOT_ADMIN = "Only a workspace admin can change the tutor's budgets, so nothing changed."
+#: "50000", "50,000", "50k", "1.5M".
+TOKENS = re.compile(r"(\d+(?:\.\d+)?)\s*([km]?)", re.IGNORECASE)
+#: Larger limits are refused as typos (and would overflow the column).
+MAX_TOKENS = 10**12
+
+
+async def _budget(tutor: Tutor, where: dict[str, str], rest: str) -> str:
+    channel = {"team_id": where["team_id"], "channel_id": where["channel_id"]}
+    if not rest:
+        return budget_text(await tutor.usage.limits(**channel))
+    scope, _, value = rest.lower().partition(" ")
+    tokens = _tokens(value.strip().replace(",", "").replace("_", ""))
+    if scope not in ("user", "channel") or tokens is None:
+        return BUDGET_USAGE
+    limit = None if tokens == "default" or (scope == "channel" and tokens == 0) else int(tokens)
+    limits = await tutor.set_budget(**where, scope="user" if scope == "user" else "channel", tokens=limit)
+    if limits is None:
+        return NOT_ADMIN
+    return f"Done. {budget_text(limits)}"
+
+
+def _tokens(value: str) -> int | str | None:
+    """A token count as typed: a number (k, M), `off` (0: no limit) or `default`; None if neither."""
+    if value in ("off", "none", "unlimited"):
+        return 0
+    if value in ("default", "reset"):
+        return "default"
+    match = TOKENS.fullmatch(value)
+    if match is None:
+        return None
+    scale = {"": 1, "k": 1_000, "m": 1_000_000}[match.group(2).lower()]
+    tokens = int(Decimal(match.group(1)) * scale)
+    return tokens if tokens <= MAX_TOKENS else None
+
+
+def usage_text(report: UsageReport) -> str:
+    lines = [
+        "*Tutor usage* (UTC days; costs are estimates)",
+        _period_line("This channel", report.channel),
+        _period_line("You", report.me),
+    ]
+    if report.workspace is not None:
+        lines.append(_period_line("Workspace", report.workspace))
+        lines.append(_top_line("Top channels this month", [(f"<#{c}>", f) for c, f in report.top_channels]))
+        lines.append(_top_line("Top people this month", [(f"<@{u}>", f) for u, f in report.top_users]))
+    month, where = (report.workspace.month, "") if report.workspace else (report.channel.month, "here ")
+    if month.answers:
+        lines.append(_breakdown(month, where))
+    # Room for the feedback line ("helpful: N % of M rated answers") above the footnote.
+    lines.append(
+        "_Cost: an estimate from list prices per token; "
+        "code-interpreter container time is billed separately._"
+    )
+    return "\n".join(lines)
+
+
+def _period_line(who: str, period: Period) -> str:
+    return f"*{who}:* today {_figures(period.today)} • this month {_figures(period.month)}"
+
+
+def _figures(figures: Figures) -> str:
+    if not figures.answers:
+        return "nothing yet"
+    answers = "answer" if figures.answers == 1 else "answers"
+    cost = _cost(figures)
+    return f"{figures.tokens:,} tokens ({figures.answers} {answers}{', ' + cost if cost else ''})"
+
+
+def _cost(figures: Figures) -> str:
+    """The estimated cost ("≈ $0.0021") and the models without a price; "" if there is neither."""
+    parts = []
+    if figures.cost is not None:
+        parts.append(f"≈ ${figures.cost:.4f}" if figures.cost < Decimal("0.01") else f"≈ ${figures.cost:.2f}")
+    if figures.unpriced:
+        parts.append("no price for " + ", ".join(f"`{model}`" for model in figures.unpriced))
+    return "; ".join(parts)
+
+
+def _top_line(title: str, rows: list[tuple[str, Figures]]) -> str:
+    if not rows:
+        return f"*{title}:* nothing yet"
+    shown = [f"{name} {f.tokens:,}" + (f" ({cost})" if (cost := _cost(f)) else "") for name, f in rows]
+    return f"*{title}:* " + " • ".join(shown)
+
+
+def _breakdown(month: Figures, where: str) -> str:
+    counts = month.counts
+    return (
+        f"This month {where}in detail: {counts.input_tokens:,} input ({counts.cached_tokens:,} cached), "
+        f"{counts.output_tokens:,} output ({counts.reasoning_tokens:,} reasoning); "
+        f"code ran in {counts.code_runs} of {counts.answers} answers."
+    )
+
+
+def budget_text(limits: Limits) -> str:
+    per_user = _limit(limits.per_user)
+    source = "this channel's own limit" if limits.per_user_here else "the workspace setting"
+    return "\n".join(
+        [
+            "*Daily token budgets here* (input + output tokens; they reset at 00:00 UTC):",
+            f"• Per person: {per_user} ({source})",
+            f"• This channel: {_limit(limits.per_channel, limits.used_by_channel)}",
+            f"• Workspace: {_limit(limits.workspace, limits.used_by_workspace)}",
+        ]
+    )
+
+
+def _limit(tokens: int, used: int | None = None) -> str:
+    if not tokens:
+        return "no limit"
+    return f"{tokens:,}" + (f" ({used:,} used today)" if used is not None else "")
+
+
 SUBCOMMANDS = {
     "help": _help,
     "reset": _reset,
@@ -210,4 +341,6 @@ SUBCOMMANDS = {
     "instructions": _instructions,
     "auto": _auto,
     "library": _library,
+    "usage": _usage,
+    "budget": _budget,
 }

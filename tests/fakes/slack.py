@@ -177,6 +177,8 @@ class FakeSlack(FakeServer):
         #: unless ``strict_users`` is True (then ``user_not_found``).
         self.users: dict[str, dict[str, Any]] = {}
         self.strict_users = False
+        #: Users whose default users.info profile says ``is_admin: true`` (workspace admins).
+        self.admins: set[str] = set()
         #: channel id -> channel object override for conversations.info.
         self.channels: dict[str, dict[str, Any]] = {}
         #: Seconds after files.completeUploadExternal before files.info shows ``shares``
@@ -930,6 +932,8 @@ class FakeSlack(FakeServer):
                 "tz": "Europe/London",
                 "profile": {"display_name": "Alice", "real_name": "Alice Liddell"},
                 "is_bot": False,
+                "is_admin": user_id in self.admins,
+                "is_owner": False,
             },
         }
 
