@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import compileall
 import os
 import shutil
 import uuid
@@ -25,6 +26,18 @@ from tests.fakes import FakeOpenAI, FakeSlack
 from tests.slack_payloads import FORM, SIGNING_SECRET, as_json, signed_headers
 
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Compile the project's own modules once (uv compiles only the installed packages), so the
+    `slack-tutor` processes the tests start don't each compile them again (~0.5 s a process where
+    PYTHONDONTWRITEBYTECODE is set). Once, in the process that starts the xdist workers."""
+    if not hasattr(session.config, "workerinput"):
+        for package in ("bot", "db", "migrations"):
+            compileall.compile_dir(REPO / package, quiet=1)
 
 
 @pytest_asyncio.fixture
