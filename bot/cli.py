@@ -91,11 +91,13 @@ def _checked(check: Callable[[str], str]) -> Callable[[str], str]:
 
 
 def _serve(*, web: bool, worker: bool, migrate: bool) -> int:
+    # Settings first: a missing one is told without first importing the app (~3 s of imports).
+    settings = load_settings()
+
     from bot.app import serve
     from bot.logs import setup_logging
     from db.migrate import upgrade
 
-    settings = load_settings()
     setup_logging(settings)
     if migrate:
         upgrade(settings.database_url)
