@@ -275,7 +275,11 @@ def _lifecycle(
             tasks.append(asyncio.create_task(components.identity.keep_fresh(), name="slack-identity"))
         if with_worker:
             tasks.append(asyncio.create_task(components.poller.run_forever(), name="run-poller"))
-            retention = Retention(components.engine, days=components.settings.tutor_retention_days)
+            retention = Retention(
+                components.engine,
+                days=components.settings.tutor_retention_days,
+                wake=components.poller.wake,
+            )
             tasks.append(asyncio.create_task(retention.run_forever(), name="retention"))
         if with_slack and components.socket is not None:
             tasks.append(asyncio.create_task(components.socket.run(), name="socket-mode"))

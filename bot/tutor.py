@@ -16,6 +16,7 @@ from bot.config import Settings
 from bot.inbox import DATA_PROFILE, Inbox, Question, run_row
 from bot.library import Library
 from bot.notifier import WakeUp
+from bot.privacy import Privacy
 from bot.slack_api import SlackGateway
 from bot.ui import home_view
 from db import repo
@@ -54,6 +55,7 @@ class Tutor:
         self._settings = settings
         self._inbox = Inbox(sessions)
         self.library = Library(sessions=sessions)
+        self.privacy = Privacy(sessions=sessions, wake=wake)
         self.wake = wake
 
     async def accept(self, question: Question) -> bool:
