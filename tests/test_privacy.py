@@ -121,7 +121,10 @@ async def test_forget_me_deletes_the_callers_data_and_not_anyone_elses(bot: Bot)
         | {f"/v1/conversations/{shared}/items/{i}" for i in alice_items}
     )
     await wait_for(
-        lambda: gone <= {c.path for c in bot.openai.calls("DELETE") if c.status in (200, 404)},
+        lambda: (
+            gone <= {c.path for c in bot.openai.calls("DELETE") if c.status in (200, 404)}
+            and not any("Alice: is 7 prime?" in t for t in _item_texts(bot, shared))
+        ),
         message="forget me did not delete the caller's objects at OpenAI",
     )
     state = bot.openai

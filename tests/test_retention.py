@@ -158,7 +158,19 @@ def _openai_objects(bot: Bot, creates: list[dict[str, Any]]) -> tuple[set[str], 
 
 
 async def test_retention_deletes_an_old_thread_at_openai_and_in_the_database(start_bot: BotFactory) -> None:
-    bot = await start_bot(tutor_document_max_pages=1)  # the PDF goes to the thread's vector store
+    await _old_thread_is_deleted(await start_bot(tutor_document_max_pages=1))
+
+
+@pytest.mark.postgres
+async def test_retention_deletes_an_old_thread_on_postgres(start_bot: BotFactory, postgres_url: str) -> None:
+    # PostgreSQL checks column lengths ("vector_store_file" did not fit cleanups.kind before 0011).
+    await asyncio.to_thread(upgrade, postgres_url)
+    await _old_thread_is_deleted(await start_bot(url=postgres_url, tutor_document_max_pages=1))
+
+
+async def _old_thread_is_deleted(bot: Bot) -> None:
+    """An old thread (a question, then a CSV and a PDF that goes to the thread's vector store) and a
+    recent one; retention deletes the old one's at OpenAI and in the database, and nothing else."""
     old_ts = new_ts()
     await bot.send(mention("What is 1 + 1?", ts=old_ts))
     await bot.wait_runs_finished(1)
@@ -254,4 +266,18 @@ async def test_old_runs_of_an_active_thread_lose_their_stored_responses_first(bo
     assert (pruned.threads, pruned.runs) == (0, 1)
     await wait_for(lambda: bot.openai.responses[old_run.response_id or ""].deleted)
     conversation = bot.openai.calls("POST /v1/responses$")[0].json["conversation"]
-    assert not bot.openai.conversations[conversation].deleted  # the thread's memory stays
+    assert not bot.openai.conversations[conversation].deleted  # the thread's memory stays ...
+
+    def texts() -> list[str]:
+        items = bot.openai.conversations[conversation].items
+        return [p.get("text", "") for i in items if i.get("type") == "message" for p in i["content"]]
+
+    # ... without the old question's turn: its message and its answer's items.
+    old_output = {i["id"] for i in bot.openai.responses[old_run.response_id or ""].body["output"]}
+
+    def turn_gone() -> bool:
+        ids = {i["id"] for i in bot.openai.conversations[conversation].items}
+        return not old_output & ids and not any("What is 1 + 1?" in t for t in texts())
+
+    await wait_for(turn_gone, message="the old question's turn was kept")
+    assert any("and 2 + 2?" in t for t in texts())
