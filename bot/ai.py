@@ -36,6 +36,8 @@ CONTAINER_IDLE_MINUTES = 20
 #: A streamed answer may be silent this long (the model reasoning, code running) before the
 #: connection counts as dropped and is picked up again after its last event.
 STREAM_IDLE = 60.0
+#: Conversation items deleted at once (one DELETE each; the API has no bulk delete).
+DELETE_CONCURRENCY = 8
 
 
 @dataclass(frozen=True)
@@ -386,7 +388,54 @@ class OpenAIGateway:
         return content.content
 
     async def delete_conversation(self, conversation_id: str) -> None:
+        """Delete a conversation's items, then the conversation: deleting a conversation leaves its
+        items (openai.md §4.8). Repeatable: what is already gone is skipped."""
+        deleted: set[str] = set()
+        while page := await self._item_ids(conversation_id, limit=100):
+            if deleted.issuperset(page):  # listed again after being deleted: not gone yet
+                raise errors.OpenAIUnavailable(f"conversation {conversation_id}: items remain after delete")
+            await self._delete_items(conversation_id, page)
+            deleted.update(page)
         await self._delete(self._client.conversations.delete(conversation_id), "conversations.delete")
+
+    async def delete_turn(self, conversation_id: str, marker: str) -> None:
+        """Delete one question's turn from a conversation others go on using: the user message that
+        starts with `marker` and the items after it up to the next user message (its answer, code,
+        reasoning). The rest of the conversation stays."""
+        turn: list[str] = []
+        with self._calling("conversations.items.list", missing_ok=True):
+            async for item in self._client.conversations.items.list(conversation_id, order="asc", limit=100):
+                if item.type == "message" and item.role == "user":
+                    if turn:
+                        break
+                    if any(marker in (getattr(part, "text", "") or "") for part in item.content):
+                        turn.append(item.id)
+                elif turn and item.id:
+                    turn.append(item.id)
+        await self._delete_items(conversation_id, turn)
+
+    async def _item_ids(self, conversation_id: str, *, limit: int) -> list[str]:
+        """The ids of a conversation's first items; [] once it is empty or gone."""
+        with self._calling("conversations.items.list", missing_ok=True):
+            page = await self._client.conversations.items.list(conversation_id, order="asc", limit=limit)
+            return [item.id for item in page.data if item.id]
+        return []
+
+    async def _delete_items(self, conversation_id: str, item_ids: Sequence[str]) -> None:
+        gate = asyncio.Semaphore(DELETE_CONCURRENCY)
+
+        async def delete(item_id: str) -> None:
+            async with gate:
+                await self._delete(
+                    self._client.conversations.items.delete(item_id, conversation_id=conversation_id),
+                    "conversations.items.delete",
+                )
+
+        await asyncio.gather(*(delete(item_id) for item_id in item_ids))
+
+    async def delete_response(self, response_id: str) -> None:
+        """A stored response (kept ≥ 30 days otherwise): its input, output and code."""
+        await self._delete(self._client.responses.delete(response_id), "responses.delete")
 
     async def delete_container(self, container_id: str) -> None:
         await self._delete(self._client.containers.delete(container_id), "containers.delete")

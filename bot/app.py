@@ -110,9 +110,9 @@ def build(settings: Settings) -> Components:
     )
     wake = WakeUp()
     slack, identity, workspaces, oauth = _slack_side(settings, sessions, engine, pacer, metrics)
-    forget = workspaces.forget if isinstance(workspaces, InstalledWorkspaces) else None
+    drop_gateway = workspaces.forget if isinstance(workspaces, InstalledWorkspaces) else None
     tutor = Tutor(
-        sessions=sessions, workspaces=workspaces, settings=settings, wake=wake, forget_workspace=forget
+        sessions=sessions, workspaces=workspaces, settings=settings, wake=wake, drop_gateway=drop_gateway
     )
 
     def crew(gateway: SlackGateway) -> Crew:
@@ -393,6 +393,7 @@ def _lifecycle(
                 components.engine,
                 days=components.settings.tutor_retention_days,
                 usage_days=components.settings.tutor_usage_retention_days,
+                wake=components.poller.wake,
             )
             tasks.append(asyncio.create_task(retention.run_forever(), name="retention"))
         if with_slack and components.socket is not None:

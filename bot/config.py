@@ -94,7 +94,8 @@ class Settings(DatabaseSettings):
     #: Posts into one channel per second (Slack allows about 1), and how many may go at once.
     tutor_slack_channel_rate: float = Field(default=1.0, gt=0)
     tutor_slack_channel_burst: int = Field(default=3, ge=1)
-    #: Finished runs (question text, delivery rows) and finished clean-ups are deleted after this.
+    #: Questions (text, delivery rows, stored responses, turns), threads idle this long (their
+    #: conversation, sandbox, files) and finished clean-ups are deleted after this (bot.retention).
     tutor_retention_days: float = Field(default=30.0, gt=0)
     #: A shared document up to this many pages (and TUTOR_DOCUMENT_MAX_MB) is shown to the model
     #: page by page (`input_file`); a larger one goes to the thread's vector store and is searched.

@@ -209,13 +209,16 @@ class Poller:
                 await _woken(wakeup, within=idle)
 
     async def _clean_up(self) -> int:
-        """Delete what resets left at OpenAI; best effort, retried with backoff."""
+        """Delete what resets, retention and forget me left at OpenAI; retried with backoff until
+        OpenAI says it is gone (a 404 counts as gone)."""
         now = utcnow()
         async with self._sessions.begin() as session:
             due = await repo.claim_cleanups(session, now=now, retry_at=now + CLEANUP_RETRY, limit=CLAIM_BATCH)
         for cleanup in due:
             delete = {
                 "conversation": self._ai.delete_conversation,
+                "turn": self._delete_turn,
+                "response": self._ai.delete_response,
                 "container": self._ai.delete_container,
                 "file": self._ai.delete_file,
                 "vector_store": self._ai.delete_vector_store,
@@ -233,6 +236,12 @@ class Poller:
             async with self._sessions.begin() as session:
                 await repo.finish_cleanup(session, cleanup_id=cleanup.id)
         return len(due)
+
+    async def _delete_turn(self, ref: str) -> None:
+        """One question's turn in a conversation (`ref` is "<conversation id>/<message ts>", as
+        `repo.forget_turns` queues it), found by the marker its input started with."""
+        conversation_id, _, message_ts = ref.partition("/")
+        await self._ai.delete_turn(conversation_id, marker(message_ts))
 
     # Leases and liveness
 

@@ -1,10 +1,21 @@
-"""Retention of operational rows: finished runs (with their question text) and their delivery rows,
-and finished clean-ups, are deleted once older than TUTOR_RETENTION_DAYS.
+"""Retention: what the tutor keeps is deleted TUTOR_RETENTION_DAYS after it was last used, in the
+database and at OpenAI.
 
-The database stays bounded however long the tutor runs. Deleting happens in batches, each its own
-short transaction, so claims and acks never wait behind a long delete; on PostgreSQL one worker
-at a time prunes (a session advisory lock: the others skip the round). What is deleted at OpenAI,
-and when, is the workspace-data job's (conversations, files): this one only touches rows.
+Each round, in this order:
+1. Threads with nothing since the cut-off (no question, none still being answered) are forgotten
+   as a reset forgets them (their conversation with its items, sandbox, files and thread-scoped
+   vector store are queued for deletion at OpenAI) and their runs are deleted with their stored
+   responses. The thread row stays, holding nothing, so a follow-up there starts fresh.
+2. Finished runs older than the cut-off in threads still in use are deleted (question text,
+   stream state, delivery rows), after queueing their stored responses and their turns in the
+   thread's conversation for deletion: the row is the only record of where those are.
+3. Clean-ups OpenAI confirmed before the cut-off are deleted.
+
+OpenAI objects are deleted by the worker's clean-up loop (`bot.poller`), retried with backoff,
+a 404 counting as gone. Channel libraries are course material: kept until removed. Deleting
+happens in batches, each its own short transaction, so claims and acks never wait behind a long
+delete; on PostgreSQL one worker at a time prunes (a session advisory lock: the others skip the
+round).
 """
 
 from __future__ import annotations
@@ -20,7 +31,7 @@ from typing import Protocol
 
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from db import repo
 from db.models import utcnow
@@ -31,6 +42,8 @@ log = logging.getLogger(__name__)
 LOCK_KEY = "slack-tutor:retention"
 #: Rows per transaction: small enough that a batch holds its locks for milliseconds.
 BATCH = 500
+#: Threads per transaction (each is a few queries and clean-up rows).
+THREAD_BATCH = 50
 #: Seconds between rounds. The first round comes within a minute of start (at random, so workers
 #: started together do not all try at once).
 EVERY = 3600.0
@@ -43,6 +56,9 @@ class _Prune(Protocol):
 
 @dataclass(frozen=True)
 class Pruned:
+    #: Threads forgotten whole.
+    threads: int = 0
+    #: Runs deleted (those of the forgotten threads included).
     runs: int = 0
     cleanups: int = 0
     #: Usage rows (token counts, no content) past their own, longer cut-off.
@@ -60,8 +76,10 @@ class Retention:
         clock: Callable[[], datetime] = utcnow,
         batch: int = BATCH,
         usage_days: float | None = None,
+        wake: Callable[[], None] = lambda: None,
     ) -> None:
         self._engine = engine
+        self._wake = wake
         self._keep = timedelta(days=days)
         self._keep_usage = timedelta(days=usage_days) if usage_days is not None else None
         self._clock = clock
@@ -75,6 +93,7 @@ class Retention:
             if self._postgres and not await _try_lock(connection):
                 return Pruned(ran=False)
             try:
+                threads, in_threads = await self._expire_threads(connection, cutoff)
                 runs = await self._in_batches(connection, repo.prune_finished_runs, cutoff)
                 cleanups = await self._in_batches(connection, repo.prune_finished_cleanups, cutoff)
                 usage = 0
@@ -84,16 +103,30 @@ class Retention:
             finally:
                 if self._postgres:
                     await _unlock(connection)
-        if runs or cleanups:
+        if threads or runs:
+            self._wake()  # the clean-up loop deletes what was queued at OpenAI
+        if threads or runs or cleanups:
             log.info(
-                "retention: deleted %d finished runs and %d clean-ups older than %s",
-                runs,
+                "retention: forgot %d threads, deleted %d finished runs and %d clean-ups older than %s",
+                threads,
+                in_threads + runs,
                 cleanups,
                 cutoff.date().isoformat(),
             )
         if usage:
             log.info("retention: deleted %d usage rows", usage)
-        return Pruned(runs=runs, cleanups=cleanups, usage=usage)
+        return Pruned(threads=threads, runs=in_threads + runs, cleanups=cleanups, usage=usage)
+
+    async def _expire_threads(self, connection: AsyncConnection, cutoff: datetime) -> tuple[int, int]:
+        threads = runs = 0
+        while True:
+            # On the round's connection: SQLite's pool has one.
+            async with AsyncSession(bind=connection, expire_on_commit=False) as session, session.begin():
+                batch, batch_runs = await repo.expire_threads(session, before=cutoff, limit=THREAD_BATCH)
+            threads, runs = threads + batch, runs + batch_runs
+            if batch < THREAD_BATCH:
+                return threads, runs
+            await asyncio.sleep(0)
 
     async def _in_batches(self, connection: AsyncConnection, delete: _Prune, cutoff: datetime) -> int:
         total = 0

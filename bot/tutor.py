@@ -17,6 +17,7 @@ from bot.config import Settings
 from bot.inbox import DATA_PROFILE, Inbox, Question, run_row
 from bot.library import Library
 from bot.notifier import WakeUp
+from bot.privacy import Privacy
 from bot.ui import home_view
 from bot.usage import BudgetScope, Limits, UsageLedger, UsageReport
 from bot.workspaces import Workspaces
@@ -52,16 +53,18 @@ class Tutor:
         workspaces: Workspaces,
         settings: Settings,
         wake: WakeUp,
-        forget_workspace: Callable[[str], None] | None = None,
+        drop_gateway: Callable[[str], None] | None = None,
     ) -> None:
         self._sessions = sessions
         self._workspaces = workspaces
         #: Drops the workspace's cached gateway (distribution mode) once it uninstalled the app.
-        self._forget_workspace = forget_workspace
+        #: Distribution mode: an uninstalled workspace's cached gateway is never handed out again.
+        self._drop_gateway = drop_gateway
         self._settings = settings
         self._inbox = Inbox(sessions)
         self.library = Library(sessions=sessions)
         self.usage = UsageLedger(sessions=sessions, settings=settings)
+        self.privacy = Privacy(sessions=sessions, wake=wake)
         self.wake = wake
 
     async def accept(self, question: Question) -> bool:
@@ -236,17 +239,26 @@ class Tutor:
     async def workspace_uninstalled(self, *, team_id: str) -> None:
         """`app_uninstalled` / `tokens_revoked`: forget the workspace's installation and bot token,
         and end its unfinished runs without another Slack call (their tokens are dead). The one
-        place that acts on an uninstall: deleting the workspace's other data belongs here too."""
+        place that acts on an uninstall. Then the workspace's data goes, as with retention:
+        questions and threads here, conversations, responses, files and libraries at OpenAI."""
         async with self._sessions.begin() as session:
             removed = await repo.delete_installations(session, team_id=team_id)
             stopped = await repo.stop_workspace_runs(session, team_id=team_id, code=UNINSTALLED)
-        if self._forget_workspace is not None:
-            self._forget_workspace(team_id)
+        if self._drop_gateway is not None:
+            self._drop_gateway(team_id)
         log.info(
             "workspace %s uninstalled the app: %d bot tokens deleted, %d runs stopped",
             team_id,
             removed,
             stopped,
+        )
+        forgotten = await self.privacy.forget_workspace(team_id)
+        log.info(
+            "workspace %s: deleted %d questions, %d threads and %d files (OpenAI copies queued)",
+            team_id,
+            forgotten.questions,
+            forgotten.threads,
+            forgotten.files,
         )
 
 

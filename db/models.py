@@ -263,14 +263,16 @@ class ChannelSettings(Base):
 
 
 class Cleanup(Base):
-    """An OpenAI object to delete after a reset; retried until OpenAI says it is gone."""
+    """An OpenAI object to delete (after a reset, retention, forget me or uninstall); retried until
+    OpenAI says it is gone."""
 
     __tablename__ = "cleanups"
     __table_args__ = (Index("ix_cleanups_due", "done_at", "next_attempt_at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    #: "conversation", "container", "file", "vector_store" or "vector_store_file"
-    kind: Mapped[str] = mapped_column(String(16))
+    #: "conversation" (its items first), "turn" ("<conversation>/<message ts>": one question's items),
+    #: "response", "container", "file", "vector_store" or "vector_store_file"
+    kind: Mapped[str] = mapped_column(String(32))
     object_id: Mapped[str] = mapped_column(String(128))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -9,12 +9,13 @@ from typing import Any, Literal
 
 from slack_sdk.oauth.installation_store import Bot
 from slack_sdk.oauth.installation_store.sqlalchemy import SQLAlchemyInstallationStore
-from sqlalchemy import Integer, cast, delete, func, select, tuple_, update
+from sqlalchemy import Integer, cast, delete, exists, func, insert, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from db.leases import ACTIVE_STATUSES
 from db.models import (
+    Base,
     ChannelBudget,
     ChannelSettings,
     Cleanup,
@@ -23,6 +24,7 @@ from db.models import (
     LibraryRequest,
     Profile,
     Run,
+    RunKind,
     RunStatus,
     ThreadFile,
     TutorThread,
@@ -335,14 +337,28 @@ async def count_ready_files(session: AsyncSession, *, team_id: str, channel_id: 
 async def prune_finished_runs(
     connection: AsyncSession | AsyncConnection, *, before: datetime, limit: int
 ) -> int:
-    """Delete up to `limit` runs that finished before `before` (question text, payloads, deliveries)."""
+    """Delete up to `limit` runs that finished before `before` (question text, payloads, deliveries).
+    Their stored responses, and their turns in the thread's conversation, are queued for deletion
+    at OpenAI first: once the row is gone, nothing would say where they are."""
     oldest = (
-        select(Run.id)
+        select(Run.id, Run.response_id, Run.message_ts, Run.kind, TutorThread.conversation_id)
+        .join(TutorThread, TutorThread.id == Run.thread_id)
         .where(Run.finished_at.is_not(None), Run.finished_at < before, Run.status.in_(("done", "failed")))
         .order_by(Run.finished_at)
         .limit(limit)
     )
-    result = await connection.execute(delete(Run).where(Run.id.in_(oldest.scalar_subquery())))
+    rows = (await connection.execute(oldest)).all()
+    if not rows:
+        return 0
+    cleanups = [{"kind": "response", "object_id": row.response_id} for row in rows if row.response_id]
+    cleanups += [
+        {"kind": "turn", "object_id": f"{row.conversation_id}/{row.message_ts}"}
+        for row in rows
+        if row.kind == RunKind.ANSWER and row.conversation_id
+    ]
+    if cleanups:
+        await connection.execute(insert(Cleanup), cleanups)
+    result = await connection.execute(delete(Run).where(Run.id.in_([row.id for row in rows])))
     return int(getattr(result, "rowcount", 0) or 0)
 
 
@@ -848,10 +864,157 @@ async def usage_by(
     return [(name, _totals(model, rest)) for name, model, *rest in await session.execute(query)]
 
 
-async def forget_usage_of_user(session: AsyncSession, *, team_id: str, user_id: str) -> int:
-    """`/tutor forget me`: delete a person's usage rows in a workspace; how many there were."""
+# Deletion: retention (bot.retention), `/tutor forget me` and uninstall (bot.privacy). Rows go with
+# the OpenAI objects they point to queued in `cleanups`, in the same transaction.
+
+#: Tables whose rows belong to one person of a workspace (columns team_id and user_id) and point to
+#: nothing at OpenAI: `/tutor forget me` deletes the caller's rows, uninstall the workspace's.
+#: A new table of that kind (usage records, feedback) is one more entry here.
+PER_USER_TABLES: tuple[type[Base], ...] = (LibraryRequest, UsageRecord)
+#: Tables with a team_id whose rows point to nothing at OpenAI: uninstall deletes the workspace's.
+PER_TEAM_TABLES: tuple[type[Base], ...] = (*PER_USER_TABLES, ChannelSettings, ChannelBudget)
+
+
+async def forget_runs(session: AsyncSession, *, runs: Sequence[Run], turns: bool) -> None:
+    """Delete runs (question text, payloads, delivery rows) and queue their stored responses for
+    deletion; with `turns`, also their turns in the thread's current conversation (when the rest of
+    the conversation stays), and the files and documents they brought."""
+    if not runs:
+        return
+    session.add_all(Cleanup(kind="response", object_id=r.response_id) for r in runs if r.response_id)
+    ids = [r.id for r in runs]
+    if turns:
+        threads = {
+            t.id: t
+            for t in await session.scalars(
+                select(TutorThread).where(TutorThread.id.in_({r.thread_id for r in runs}))
+            )
+        }
+        session.add_all(
+            Cleanup(kind="turn", object_id=f"{conversation}/{r.message_ts}")
+            for r in runs
+            if r.kind == RunKind.ANSWER and (conversation := threads[r.thread_id].conversation_id)
+        )
+        files = (await session.scalars(select(ThreadFile).where(ThreadFile.run_id.in_(ids)))).all()
+        session.add_all(Cleanup(kind="file", object_id=f.openai_file_id) for f in files if f.openai_file_id)
+        for file in files:
+            await session.delete(file)
+        documents = await session.scalars(
+            select(Document).where(Document.run_id.in_(ids), Document.scope == "thread")
+        )
+        await forget_documents(
+            session,
+            documents=documents.all(),
+            keep_files={f.openai_file_id for f in files if f.openai_file_id},
+        )
+    await session.flush()
+    await session.execute(delete(Run).where(Run.id.in_(ids)).execution_options(synchronize_session=False))
+
+
+async def runs_of_threads(session: AsyncSession, *, thread_ids: Collection[int]) -> Sequence[Run]:
+    if not thread_ids:
+        return []
+    return (await session.scalars(select(Run).where(Run.thread_id.in_(list(thread_ids))))).all()
+
+
+async def delete_threads(session: AsyncSession, *, threads: Sequence[TutorThread]) -> None:
+    """Delete threads whose OpenAI objects and runs were forgotten already (`forget_threads`,
+    `forget_runs`)."""
+    await session.flush()
+    if threads:
+        await session.execute(
+            delete(TutorThread)
+            .where(TutorThread.id.in_([t.id for t in threads]))
+            .execution_options(synchronize_session=False)
+        )
+
+
+async def expired_threads(session: AsyncSession, *, before: datetime, limit: int) -> Sequence[TutorThread]:
+    """Up to `limit` tutor threads with nothing since `before` (no question asked, none still being
+    answered) that still hold something: a conversation, a sandbox, runs, files or documents."""
+    recent = exists().where(
+        Run.thread_id == TutorThread.id,
+        or_(Run.finished_at.is_(None), Run.finished_at >= before, Run.created_at >= before),
+    )
+    holds = or_(
+        TutorThread.conversation_id.is_not(None),
+        TutorThread.container_id.is_not(None),
+        exists().where(Run.thread_id == TutorThread.id),
+        exists().where(ThreadFile.thread_id == TutorThread.id),
+        exists().where(Document.thread_id == TutorThread.id),
+    )
+    query = (
+        select(TutorThread)
+        .where(TutorThread.created_at < before, ~recent, holds)
+        .order_by(TutorThread.id)
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True, of=TutorThread)
+    return (await session.scalars(query)).all()
+
+
+async def expire_threads(session: AsyncSession, *, before: datetime, limit: int) -> tuple[int, int]:
+    """Retention of whole threads: forget up to `limit` threads idle since `before` as a reset does
+    (conversation with its items, sandbox, files, documents), and delete their runs with their
+    stored responses. The thread row stays, holding nothing: a follow-up there starts fresh.
+    Returns (threads, runs)."""
+    threads = await expired_threads(session, before=before, limit=limit)
+    await forget_threads(session, threads=threads)
+    runs = [r for r in await runs_of_threads(session, thread_ids=[t.id for t in threads]) if r.finished_at]
+    await forget_runs(session, runs=runs, turns=False)
+    return len(threads), len(runs)
+
+
+async def runs_of_user(session: AsyncSession, *, team_id: str, user_id: str) -> Sequence[Run]:
+    query = select(Run).where(Run.team_id == team_id, Run.user_id == user_id).order_by(Run.id)
+    return (await session.scalars(query)).all()
+
+
+async def askers_of_threads(session: AsyncSession, *, thread_ids: Collection[int]) -> dict[int, set[str]]:
+    """Who asked in each of these threads (every run's user)."""
+    if not thread_ids:
+        return {}
+    rows = await session.execute(
+        select(Run.thread_id, Run.user_id).where(Run.thread_id.in_(list(thread_ids))).distinct()
+    )
+    askers: dict[int, set[str]] = {}
+    for thread_id, user_id in rows:
+        askers.setdefault(thread_id, set()).add(user_id)
+    return askers
+
+
+async def threads_by_ids(session: AsyncSession, *, ids: Collection[int]) -> Sequence[TutorThread]:
+    if not ids:
+        return []
+    query = select(TutorThread).where(TutorThread.id.in_(list(ids))).order_by(TutorThread.id)
+    return (await session.scalars(query)).all()
+
+
+async def count_files(session: AsyncSession, *, thread_ids: Collection[int], run_ids: Collection[int]) -> int:
+    """The Slack files held for these threads (all their files) and these runs (the files they
+    brought), counted once however many of our rows (thread files, documents) hold one."""
+    held: set[str] = set()
+    for model in (ThreadFile, Document):
+        query = select(model.slack_file_id).where(
+            or_(model.thread_id.in_(list(thread_ids)), model.run_id.in_(list(run_ids)))
+        )
+        held.update(await session.scalars(query))
+    return len(held)
+
+
+async def threads_of_team(session: AsyncSession, *, team_id: str, limit: int) -> Sequence[TutorThread]:
+    query = select(TutorThread).where(TutorThread.team_id == team_id).order_by(TutorThread.id).limit(limit)
+    return (await session.scalars(query)).all()
+
+
+async def unname_library_files(session: AsyncSession, *, team_id: str, user_id: str) -> int:
+    """Library files this person added stay (the channel's course material) without their name."""
     result = await session.execute(
-        delete(UsageRecord).where(UsageRecord.team_id == team_id, UsageRecord.user_id == user_id)
+        update(Document)
+        .where(Document.team_id == team_id, Document.scope == "channel", Document.added_by == user_id)
+        .values(added_by="")
+        .execution_options(synchronize_session=False)
     )
     return int(getattr(result, "rowcount", 0) or 0)
 
@@ -883,3 +1046,30 @@ async def set_channel_budget(
         .values({column: tokens, "updated_at": utcnow()})
         .execution_options(synchronize_session=False)
     )
+
+
+async def forget_libraries(session: AsyncSession, *, team_id: str) -> int:
+    """Uninstall: every channel library of the workspace, at OpenAI too; returns the files."""
+    documents = (await session.scalars(select(Document).where(Document.team_id == team_id))).all()
+    await forget_documents(session, documents=documents)
+    stores = (await session.scalars(select(VectorStore).where(VectorStore.team_id == team_id))).all()
+    for store in stores:
+        session.add(Cleanup(kind="vector_store", object_id=store.openai_id))
+        await session.delete(store)
+    return len(documents)
+
+
+async def delete_user_rows(session: AsyncSession, *, team_id: str, user_id: str) -> int:
+    deleted = 0
+    for table in PER_USER_TABLES:
+        column = table.__table__.c
+        result = await session.execute(
+            delete(table).where(column.team_id == team_id, column.user_id == user_id)
+        )
+        deleted += int(getattr(result, "rowcount", 0) or 0)
+    return deleted
+
+
+async def delete_team_rows(session: AsyncSession, *, team_id: str) -> None:
+    for table in PER_TEAM_TABLES:
+        await session.execute(delete(table).where(table.__table__.c.team_id == team_id))

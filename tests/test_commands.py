@@ -272,8 +272,8 @@ async def test_deletes_that_fail_are_retried_later(bot: Bot) -> None:
     await _ask(bot, "Something to forget")
     conversation = bot.openai.calls("POST /v1/responses$")[0].json["conversation"]
     down = {"error": {"message": "down", "type": "server_error", "code": None}}
-    # One delete call: the first try and the SDK's one retry.
-    bot.openai.fail_next(f"DELETE /v1/conversations/{conversation}", status=503, body=down, times=2)
+    # One delete call: the first try and the SDK's one retry (of the conversation, after its items).
+    bot.openai.fail_next(f"DELETE /v1/conversations/{conversation}$", status=503, body=down, times=2)
     await _command(bot, "reset")
 
     async def failed_once() -> list[Cleanup]:
@@ -292,4 +292,22 @@ async def test_deletes_that_fail_are_retried_later(bot: Bot) -> None:
             return (await session.get(Cleanup, row.id)).done_at is not None  # type: ignore[union-attr]
 
     await wait_for(done, message="the delete was never retried")
-    assert bot.openai.calls(f"DELETE /v1/conversations/{conversation}")[-1].status == 200
+    assert bot.openai.calls(f"DELETE /v1/conversations/{conversation}$")[-1].status == 200
+
+
+async def test_reset_deletes_the_conversations_items_before_the_conversation(bot: Bot) -> None:
+    # OpenAI keeps a deleted conversation's items (openai.md §4.8): they are deleted one by one first.
+    ts = await _ask(bot, "What is 1 + 1?")
+    await bot.send(message("and 2 + 2?", thread_ts=ts))
+    await bot.wait_runs_finished(2)
+    conversation = bot.openai.calls("POST /v1/responses$")[0].json["conversation"]
+    items = [i["id"] for i in bot.openai.conversations[conversation].items]
+    assert len(items) >= 4  # two questions and their answers
+
+    await _command(bot, "reset")
+    await wait_for(lambda: bot.openai.conversations[conversation].deleted, message="not deleted")
+    assert bot.openai.conversations[conversation].items == []
+    paths = [c.path for c in bot.openai.calls("DELETE")]
+    item_paths = [f"/v1/conversations/{conversation}/items/{i}" for i in items]
+    assert set(item_paths) <= set(paths)
+    assert paths.index(f"/v1/conversations/{conversation}") > max(paths.index(p) for p in item_paths)

@@ -17,6 +17,7 @@ from slack_bolt.context.ack.async_ack import AsyncAck
 from bot.formatting import escape_mrkdwn
 from bot.handlers.events import CHANNEL_ID, TEAM_ID, database_down
 from bot.library import STATUS_WORDS, LibraryListing
+from bot.privacy import Forgotten
 from bot.tutor import Tutor
 from bot.ui import library_clear_confirmation
 from bot.usage import Figures, Limits, Period, UsageReport
@@ -50,6 +51,7 @@ indexing). `/tutor library add`, then share files (or `@tutor add this to the li
 workspace, its top channels and people).
 • `/tutor budget` — the daily token limits here. Admins: `/tutor budget user <tokens>|off|default` \
 (per person, in this channel), `/tutor budget channel <tokens>|off` (everyone here together).
+• `/tutor forget me` — deletes everything I keep about you in this workspace, at OpenAI too.
 • `/tutor help` — this message."""
 
 
@@ -71,7 +73,7 @@ def register(app: AsyncApp, tutor: Tutor) -> None:
             log.warning("ignored /tutor %s without a team and channel", sub.lower())
             await ack(text="I couldn't tell which channel this is for, so nothing changed.")
             return
-        needs_user = handler in (_library, _usage, _budget)
+        needs_user = handler in (_library, _usage, _budget, _forget)
         args = {**where, "user_id": str(command.get("user_id") or "")} if needs_user else where
         try:
             answer = await handler(tutor, args, rest.strip())
@@ -200,7 +202,8 @@ def library_text(listing: LibraryListing) -> str:
         when = f"<!date^{int(entry.added_at.timestamp())}^{{date_short_pretty}}|{entry.added_at:%Y-%m-%d}>"
         status = STATUS_WORDS.get(entry.status, entry.status)
         name = escape_mrkdwn(entry.name)
-        lines.append(f"• *{name}* — {_size(entry.size)}, added by <@{entry.added_by}> {when}, {status}")
+        by = f"<@{entry.added_by}>" if entry.added_by else "someone who asked to be forgotten"
+        lines.append(f"• *{name}* — {_size(entry.size)}, added by {by} {when}, {status}")
     return "\n".join(lines)
 
 
@@ -333,6 +336,55 @@ def _limit(tokens: int, used: int | None = None) -> str:
     return f"{tokens:,}" + (f" ({used:,} used today)" if used is not None else "")
 
 
+async def _forget(tutor: Tutor, where: dict[str, str], rest: str) -> str:
+    if rest.lower() != "me" or not where["user_id"]:
+        return "Use `/tutor forget me`: it deletes everything I keep about you in this workspace."
+    forgotten = await tutor.privacy.forget_user(team_id=where["team_id"], user_id=where["user_id"])
+    return forgotten_text(forgotten)
+
+
+def forgotten_text(forgotten: Forgotten) -> str:
+    if forgotten.nothing:
+        return "I keep nothing about you in this workspace, so there was nothing to delete."
+    deleted = [f"{_count(forgotten.questions, 'of your questions', 'of your questions')}"]
+    if forgotten.threads:
+        others = (
+            f", with {_count(forgotten.others_questions, 'question', 'questions')} other people asked in them"
+            if forgotten.others_questions
+            else ""
+        )
+        deleted.append(
+            f"{_count(forgotten.threads, 'tutor thread', 'tutor threads')} you started, whole{others}"
+        )
+    if forgotten.turns:
+        deleted.append(
+            f"{_count(forgotten.turns, 'question', 'questions')} of yours in someone else's thread"
+            " (the rest of that thread stays)"
+        )
+    deleted.append(_count(forgotten.files, "file", "files"))
+    lines = [
+        "Deleted: " + "; ".join(deleted) + ".",
+        "Their copies (conversations, stored answers, sandboxes, files) are queued for deletion at "
+        "OpenAI and gone within a few minutes.",
+    ]
+    if forgotten.library_files:
+        kept = _count(
+            forgotten.library_files,
+            "file you added to a channel library stays",
+            "files you added to channel libraries stay",
+        )
+        lines.append(
+            f"{kept} (course material for everyone), without your name; "
+            "`/tutor library remove <name>` deletes one."
+        )
+    lines.append("Slack keeps your messages themselves: delete them in Slack if you want them gone.")
+    return "\n".join(lines)
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
 SUBCOMMANDS = {
     "help": _help,
     "reset": _reset,
@@ -343,4 +395,5 @@ SUBCOMMANDS = {
     "library": _library,
     "usage": _usage,
     "budget": _budget,
+    "forget": _forget,
 }
