@@ -25,7 +25,7 @@ from bot.errors import ConfigError
 from bot.manifest import BOT_SCOPES
 from bot.workspaces import InstalledWorkspaces
 from db.migrate import upgrade
-from db.models import RunStatus, slack_bots, slack_installations
+from db.models import slack_bots, slack_installations
 from tests.conftest import Bot, BotFactory
 from tests.fakes import Chart, Turn, wait_for
 from tests.slack_payloads import envelope, mention, new_ts
@@ -157,7 +157,9 @@ async def test_a_workspace_that_never_installed_is_acked_and_ignored(
     assert not [c for m in SHOWING for c in bot.slack.calls(m)]
 
 
-async def test_app_uninstalled_removes_the_installation_and_stops_its_runs(start_bot: BotFactory) -> None:
+async def test_app_uninstalled_removes_the_installation_stops_its_runs_and_deletes_its_data(
+    start_bot: BotFactory,
+) -> None:
     bot = await _distribution_bot(start_bot)
     await _install(bot, TEAM_A)
     await _install(bot, TEAM_B)
@@ -169,13 +171,17 @@ async def test_app_uninstalled_removes_the_installation_and_stops_its_runs(start
     assert status == 200
     await wait_for(lambda: _no_bots(bot, TEAM_A), message="installation not deleted")
     bot.slack.uninstall(TEAM_A)  # Slack retires the token as it sends the event
-    (run,) = await bot.wait_runs_finished(1)
-    assert run.status == RunStatus.FAILED and run.error_code == "uninstalled"
     await wait_for(lambda: bot.components.poller.active_runs == 0, message="the run is still driven")
+    # The workspace's data goes too: its question here, its conversation (with its items) at OpenAI.
+    assert await bot.runs() == []
+    await wait_for(
+        lambda: all(c.deleted and not c.items for c in bot.openai.conversations.values()),
+        message="conversation (and its items) not deleted at OpenAI",
+    )
     before = sum(len(bot.slack.calls(m)) for m in SHOWING)
 
     assert (await bot.send(_in(TEAM_A, CHANNEL_A, bot, "Are you still there?")))[0] == 200
-    assert len(await bot.runs()) == 1  # ignored: no run, no create, no Slack call
+    assert await bot.runs() == []  # ignored: no run, no create, no Slack call
     assert len(bot.openai.calls("POST /v1/responses$")) == 1
     assert sum(len(bot.slack.calls(m)) for m in SHOWING) == before
     assert await _bots(bot, TEAM_B) == 1  # the other workspace stays installed
