@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy import case, delete, distinct, func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -15,8 +16,10 @@ from db.models import (
     Cleanup,
     Delivery,
     Document,
+    Feedback,
     LibraryRequest,
     Profile,
+    Rating,
     Run,
     RunStatus,
     ThreadFile,
@@ -648,3 +651,80 @@ async def profile_or_default(session: AsyncSession, *, profile_id: int | None, d
     if profile is None:
         raise RuntimeError("no tutor profile: run `slack-tutor migrate`")
     return profile
+
+
+# Feedback: one row per answer and person; the latest click wins.
+
+
+@dataclass(frozen=True)
+class FeedbackSummary:
+    """Ratings given in a window: how many, how many said helpful, on how many answers."""
+
+    ratings: int
+    helpful: int
+    answers: int
+
+    @property
+    def helpful_share(self) -> float | None:
+        """helpful / ratings, or None when nothing was rated."""
+        return self.helpful / self.ratings if self.ratings else None
+
+
+async def record_feedback(
+    session: AsyncSession,
+    *,
+    run_uuid: str,
+    team_id: str,
+    channel_id: str,
+    user_id: str,
+    rating: Rating,
+    at: datetime,
+) -> None:
+    """This person's rating of that answer, replacing their earlier one; what they said was wrong
+    goes with a changed rating (it was about the other one)."""
+    insert = _insert(session, Feedback).values(
+        run_uuid=run_uuid,
+        team_id=team_id,
+        channel_id=channel_id,
+        user_id=user_id,
+        rating=rating,
+        created_at=at,
+        updated_at=at,
+    )
+    await session.execute(
+        insert.on_conflict_do_update(
+            index_elements=["run_uuid", "user_id"],
+            set_={
+                "rating": insert.excluded.rating,
+                "updated_at": insert.excluded.updated_at,
+                "comment": case((Feedback.rating == insert.excluded.rating, Feedback.comment), else_=None),
+            },
+        )
+    )
+
+
+async def set_feedback_comment(
+    session: AsyncSession, *, run_uuid: str, team_id: str, user_id: str, comment: str | None, at: datetime
+) -> bool:
+    """What this person said was wrong with that answer (None: nothing); False if they never rated it."""
+    result = await session.execute(
+        update(Feedback)
+        .where(Feedback.run_uuid == run_uuid, Feedback.team_id == team_id, Feedback.user_id == user_id)
+        .values(comment=comment, updated_at=at)
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+async def feedback_summary(
+    session: AsyncSession, *, team_id: str, channel_id: str | None = None, since: datetime
+) -> FeedbackSummary:
+    """The ratings of a workspace (or one of its channels) last given at or after `since`."""
+    query = select(
+        func.count(Feedback.id),
+        func.count(case((Feedback.rating == Rating.HELPFUL, 1))),
+        func.count(distinct(Feedback.run_uuid)),
+    ).where(Feedback.team_id == team_id, Feedback.updated_at >= since)
+    if channel_id is not None:
+        query = query.where(Feedback.channel_id == channel_id)
+    ratings, helpful, answers = (await session.execute(query)).one()
+    return FeedbackSummary(ratings=int(ratings), helpful=int(helpful), answers=int(answers))

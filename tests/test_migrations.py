@@ -26,6 +26,7 @@ TABLES = {
     "documents",
     "vector_stores",
     "library_requests",
+    "feedback",
     "alembic_version",
 }
 
