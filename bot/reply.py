@@ -51,8 +51,9 @@ RESET_NOTICE = (
 )
 CUT_OFF_NOTE = "_(My answer was cut off. Ask me to continue.)_"
 SLOW_NOTICE = "OpenAI is slow to answer, still trying…"
-#: Blocks one message may hold (Slack: 50), keeping one for the Start over button.
-MAX_BLOCKS = 49
+#: Blocks one message may hold (Slack: 50), keeping two for the answer's controls (the feedback
+#: buttons, and Start over / Show work).
+MAX_BLOCKS = 48
 IMAGE_ALT_LIMIT = 2000
 #: Equation images uploaded at once (files.* are Tier 4: 100+/min).
 UPLOAD_CONCURRENCY = 8
@@ -618,7 +619,7 @@ def _with_start_over(text: str, run: Run) -> list[dict[str, Any]]:
 
 
 def _with_controls(text: str, run: Run) -> list[dict[str, Any]]:
-    """The answer's last message, with Start over and Show work."""
+    """The answer's last message, with the feedback buttons, Start over and Show work."""
     return [section(text), *_controls(run, show_work=True)]
 
 

@@ -63,6 +63,8 @@ class Pruned:
     cleanups: int = 0
     #: Usage rows (token counts, no content) past their own, longer cut-off.
     usage: int = 0
+    #: Ratings (and what people said was wrong) last changed before the cut-off.
+    feedback: int = 0
     #: False when another worker held the lock (PostgreSQL): this round was theirs.
     ran: bool = True
 
@@ -96,6 +98,7 @@ class Retention:
                 threads, in_threads = await self._expire_threads(connection, cutoff)
                 runs = await self._in_batches(connection, repo.prune_finished_runs, cutoff)
                 cleanups = await self._in_batches(connection, repo.prune_finished_cleanups, cutoff)
+                feedback = await self._in_batches(connection, repo.prune_feedback, cutoff)
                 usage = 0
                 if self._keep_usage is not None:
                     usage_cutoff = self._clock() - self._keep_usage
@@ -115,7 +118,9 @@ class Retention:
             )
         if usage:
             log.info("retention: deleted %d usage rows", usage)
-        return Pruned(threads=threads, runs=in_threads + runs, cleanups=cleanups, usage=usage)
+        return Pruned(
+            threads=threads, runs=in_threads + runs, cleanups=cleanups, usage=usage, feedback=feedback
+        )
 
     async def _expire_threads(self, connection: AsyncConnection, cutoff: datetime) -> tuple[int, int]:
         threads = runs = 0

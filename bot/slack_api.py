@@ -523,6 +523,10 @@ class SlackGateway:
     async def publish_home(self, user_id: str, view: dict[str, Any]) -> None:
         await self._cosmetic("views.publish", self.client.views_publish(user_id=user_id, view=view))
 
+    async def open_view(self, trigger_id: str, view: dict[str, Any]) -> None:
+        """A modal for the click that carried `trigger_id` (Slack accepts it for 3 s)."""
+        await self._cosmetic("views.open", self.client.views_open(trigger_id=trigger_id, view=view))
+
     async def permalink(self, channel_id: str, message_ts: str) -> str | None:
         try:
             response = await self._timed(

@@ -1,4 +1,4 @@
-"""The tutor's use cases for the handlers: accept a question, buttons, settings, the Home tab.
+"""The tutor's use cases for the handlers: accept a question, buttons, feedback, settings, the Home tab.
 
 They store work for the run-poller and wake it (`bot.notifier`); preparing and answering a run is
 the poller's (`bot.prepare`, `bot.reply`). Talks to the database and Slack; knows neither HTTP nor
@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -18,11 +19,11 @@ from bot.inbox import DATA_PROFILE, Inbox, Question, run_row
 from bot.library import Library
 from bot.notifier import WakeUp
 from bot.privacy import Privacy
-from bot.ui import home_view
-from bot.usage import BudgetScope, Limits, UsageLedger, UsageReport
+from bot.ui import feedback_line, feedback_modal, home_view
+from bot.usage import FEEDBACK_DAYS, BudgetScope, Limits, UsageLedger, UsageReport
 from bot.workspaces import Workspaces
 from db import repo
-from db.models import DEFAULT_PROFILE, Profile, RunKind
+from db.models import DEFAULT_PROFILE, Profile, Rating, RunKind, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +164,44 @@ class Tutor:
             self.wake()
         return bool(created)
 
+    async def record_feedback(
+        self, *, team_id: str, channel_id: str, user_id: str, run_uuid: str, rating: Rating
+    ) -> bool:
+        """A thumbs up or down on an answer: this person's rating of it, replacing their last.
+        False (nothing stored) unless the run is an answer given in that channel."""
+        async with self._sessions.begin() as session:
+            run = await repo.run_by_uuid(session, team_id=team_id, channel_id=channel_id, run_uuid=run_uuid)
+            if run is None or run.kind != RunKind.ANSWER:
+                log.warning("ignored feedback on %s: no answer of that channel", channel_id)
+                return False
+            await repo.record_feedback(
+                session,
+                run_uuid=run_uuid,
+                team_id=team_id,
+                channel_id=channel_id,
+                user_id=user_id,
+                rating=rating,
+                at=utcnow(),
+            )
+        log.info("feedback %s on run %s", rating, run.id)
+        return True
+
+    async def ask_what_was_wrong(self, *, team_id: str, trigger_id: str, run_uuid: str) -> None:
+        """After a thumbs-down: the small modal asking what was wrong (answered in `note_what_was_wrong`)."""
+        slack = await self._workspaces.gateway(team_id)
+        await slack.open_view(trigger_id, feedback_modal(run_uuid))
+
+    async def note_what_was_wrong(
+        self, *, team_id: str, user_id: str, run_uuid: str, comment: str | None
+    ) -> None:
+        """The modal's answer goes on that person's rating of the answer (the text is never logged)."""
+        async with self._sessions.begin() as session:
+            stored = await repo.set_feedback_comment(
+                session, run_uuid=run_uuid, team_id=team_id, user_id=user_id, comment=comment, at=utcnow()
+            )
+        if not stored:
+            log.warning("ignored a feedback comment without a rating to go with it")
+
     async def channel_status(self, *, team_id: str, channel_id: str) -> ChannelStatus:
         async with self._sessions() as session:
             channel = await repo.get_channel_settings(session, team_id=team_id, channel_id=channel_id)
@@ -230,11 +269,15 @@ class Tutor:
         slack = await self._workspaces.gateway(team_id)
         async with self._sessions() as session:
             threads = await repo.recent_threads_of_user(session, team_id=team_id, user_id=user_id, limit=5)
+            since = utcnow() - timedelta(days=FEEDBACK_DAYS)
+            feedback = await repo.feedback_summary(session, team_id=team_id, since=since)
         links = []
         for thread in threads:
             url = await slack.permalink(thread.channel_id, thread.thread_ts) if thread.thread_ts else None
             links.append((thread.channel_id, url))
-        await slack.publish_home(user_id, home_view(links))
+        await slack.publish_home(
+            user_id, home_view(links, feedback=feedback_line(feedback, days=FEEDBACK_DAYS))
+        )
 
     async def workspace_uninstalled(self, *, team_id: str) -> None:
         """`app_uninstalled` / `tokens_revoked`: forget the workspace's installation and bot token,

@@ -29,6 +29,9 @@ from db.models import Run, utcnow
 
 log = logging.getLogger(__name__)
 
+#: The window of the helpful share (App Home, /tutor usage), in days.
+FEEDBACK_DAYS = 30
+
 #: Rows in the admin's lists of top channels and top users.
 TOP = 5
 BudgetScope = Literal["user", "channel"]
@@ -83,6 +86,10 @@ class UsageReport:
     workspace: Period | None = None
     top_channels: list[tuple[str, Figures]] = field(default_factory=list)
     top_users: list[tuple[str, Figures]] = field(default_factory=list)
+    #: The feedback buttons' ratings in the last FEEDBACK_DAYS: this channel's, and the workspace's
+    #: (for an admin).
+    channel_feedback: repo.FeedbackSummary | None = None
+    workspace_feedback: repo.FeedbackSummary | None = None
 
 
 @dataclass(frozen=True)
@@ -178,12 +185,17 @@ class UsageLedger:
                 return Period(today=Figures.of(today), month=Figures.of(rows))
 
             channel, me = await period(channel=channel_id), await period(user=user_id)
+            rated_since = self._clock() - timedelta(days=FEEDBACK_DAYS)
+            rated_here = await repo.feedback_summary(
+                session, team_id=team_id, channel_id=channel_id, since=rated_since
+            )
             if not workspace:
-                return UsageReport(channel=channel, me=me)
+                return UsageReport(channel=channel, me=me, channel_feedback=rated_here)
             everyone = await period()
             channels = await repo.usage_by(session, team_id=team_id, since=month, by="channel")
             users = await repo.usage_by(session, team_id=team_id, since=month, by="user")
-        return UsageReport(channel, me, everyone, _top(channels), _top(users))
+            rated = await repo.feedback_summary(session, team_id=team_id, since=rated_since)
+        return UsageReport(channel, me, everyone, _top(channels), _top(users), rated_here, rated)
 
     def resets_at(self) -> datetime:
         """When today's budgets start again: the next 00:00 UTC."""

@@ -1,4 +1,4 @@
-"""The tables: tutor profiles, Slack threads, runs (the job rows) and deliveries."""
+"""The tables: tutor profiles, Slack threads, runs (the job rows), deliveries, usage, feedback."""
 
 from __future__ import annotations
 
@@ -72,6 +72,13 @@ class RunKind(StrEnum):
     WORK = "work"
     #: Index files into the channel's library (bot.library).
     LIBRARY = "library"
+
+
+class Rating(StrEnum):
+    """What a person said of an answer with Slack's feedback buttons."""
+
+    HELPFUL = "helpful"
+    UNHELPFUL = "unhelpful"
 
 
 class RunStatus(StrEnum):
@@ -397,3 +404,27 @@ class ChannelBudget(Base):
     #: Tokens a day for everyone asking in this channel together; None or 0: no limit.
     tokens_per_channel: Mapped[int | None] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Feedback(Base):
+    """One person's rating of one answer (Slack's feedback buttons): their latest click, and what
+    they said was wrong. Keyed by the answer's run_uuid, not its row: runs are pruned sooner."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (
+        UniqueConstraint("run_uuid", "user_id", name="uq_feedback_run_user"),
+        Index("ix_feedback_team_updated", "team_id", "updated_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_uuid: Mapped[str] = mapped_column(String(36))
+    team_id: Mapped[str] = mapped_column(String(32))
+    channel_id: Mapped[str] = mapped_column(String(32))
+    user_id: Mapped[str] = mapped_column(String(32))
+    #: A Rating.
+    rating: Mapped[str] = mapped_column(String(16))
+    #: The answer to "what was wrong?" after a thumbs-down; None if none was given.
+    comment: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: The latest click (or comment).
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

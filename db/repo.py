@@ -9,7 +9,20 @@ from typing import Any, Literal
 
 from slack_sdk.oauth.installation_store import Bot
 from slack_sdk.oauth.installation_store.sqlalchemy import SQLAlchemyInstallationStore
-from sqlalchemy import Integer, cast, delete, exists, func, insert, or_, select, tuple_, update
+from sqlalchemy import (
+    Integer,
+    case,
+    cast,
+    delete,
+    distinct,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -21,8 +34,10 @@ from db.models import (
     Cleanup,
     Delivery,
     Document,
+    Feedback,
     LibraryRequest,
     Profile,
+    Rating,
     Run,
     RunKind,
     RunStatus,
@@ -384,6 +399,14 @@ async def prune_usage_records(
         select(UsageRecord.id).where(UsageRecord.created_at < before).order_by(UsageRecord.id).limit(limit)
     )
     result = await connection.execute(delete(UsageRecord).where(UsageRecord.id.in_(oldest.scalar_subquery())))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def prune_feedback(connection: AsyncSession | AsyncConnection, *, before: datetime, limit: int) -> int:
+    """Delete up to `limit` ratings last changed before `before` (TUTOR_RETENTION_DAYS): a comment
+    is the person's own words, kept no longer than their questions."""
+    oldest = select(Feedback.id).where(Feedback.updated_at < before).order_by(Feedback.id).limit(limit)
+    result = await connection.execute(delete(Feedback).where(Feedback.id.in_(oldest.scalar_subquery())))
     return int(getattr(result, "rowcount", 0) or 0)
 
 
@@ -870,7 +893,7 @@ async def usage_by(
 #: Tables whose rows belong to one person of a workspace (columns team_id and user_id) and point to
 #: nothing at OpenAI: `/tutor forget me` deletes the caller's rows, uninstall the workspace's.
 #: A new table of that kind (usage records, feedback) is one more entry here.
-PER_USER_TABLES: tuple[type[Base], ...] = (LibraryRequest, UsageRecord)
+PER_USER_TABLES: tuple[type[Base], ...] = (LibraryRequest, UsageRecord, Feedback)
 #: Tables with a team_id whose rows point to nothing at OpenAI: uninstall deletes the workspace's.
 PER_TEAM_TABLES: tuple[type[Base], ...] = (*PER_USER_TABLES, ChannelSettings, ChannelBudget)
 
@@ -908,6 +931,8 @@ async def forget_runs(session: AsyncSession, *, runs: Sequence[Run], turns: bool
             keep_files={f.openai_file_id for f in files if f.openai_file_id},
         )
     await session.flush()
+    # Ratings of these answers go with them, whoever gave them (a comment may quote the answer).
+    await session.execute(delete(Feedback).where(Feedback.run_uuid.in_([r.run_uuid for r in runs])))
     await session.execute(delete(Run).where(Run.id.in_(ids)).execution_options(synchronize_session=False))
 
 
@@ -1073,3 +1098,80 @@ async def delete_user_rows(session: AsyncSession, *, team_id: str, user_id: str)
 async def delete_team_rows(session: AsyncSession, *, team_id: str) -> None:
     for table in PER_TEAM_TABLES:
         await session.execute(delete(table).where(table.__table__.c.team_id == team_id))
+
+
+# Feedback: one row per answer and person; the latest click wins.
+
+
+@dataclass(frozen=True)
+class FeedbackSummary:
+    """Ratings given in a window: how many, how many said helpful, on how many answers."""
+
+    ratings: int
+    helpful: int
+    answers: int
+
+    @property
+    def helpful_share(self) -> float | None:
+        """helpful / ratings, or None when nothing was rated."""
+        return self.helpful / self.ratings if self.ratings else None
+
+
+async def record_feedback(
+    session: AsyncSession,
+    *,
+    run_uuid: str,
+    team_id: str,
+    channel_id: str,
+    user_id: str,
+    rating: Rating,
+    at: datetime,
+) -> None:
+    """This person's rating of that answer, replacing their earlier one; what they said was wrong
+    goes with a changed rating (it was about the other one)."""
+    row = _insert(session, Feedback).values(
+        run_uuid=run_uuid,
+        team_id=team_id,
+        channel_id=channel_id,
+        user_id=user_id,
+        rating=rating,
+        created_at=at,
+        updated_at=at,
+    )
+    await session.execute(
+        row.on_conflict_do_update(
+            index_elements=["run_uuid", "user_id"],
+            set_={
+                "rating": row.excluded.rating,
+                "updated_at": row.excluded.updated_at,
+                "comment": case((Feedback.rating == row.excluded.rating, Feedback.comment), else_=None),
+            },
+        )
+    )
+
+
+async def set_feedback_comment(
+    session: AsyncSession, *, run_uuid: str, team_id: str, user_id: str, comment: str | None, at: datetime
+) -> bool:
+    """What this person said was wrong with that answer (None: nothing); False if they never rated it."""
+    result = await session.execute(
+        update(Feedback)
+        .where(Feedback.run_uuid == run_uuid, Feedback.team_id == team_id, Feedback.user_id == user_id)
+        .values(comment=comment, updated_at=at)
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+async def feedback_summary(
+    session: AsyncSession, *, team_id: str, channel_id: str | None = None, since: datetime
+) -> FeedbackSummary:
+    """The ratings of a workspace (or one of its channels) last given at or after `since`."""
+    query = select(
+        func.count(Feedback.id),
+        func.count(case((Feedback.rating == Rating.HELPFUL, 1))),
+        func.count(distinct(Feedback.run_uuid)),
+    ).where(Feedback.team_id == team_id, Feedback.updated_at >= since)
+    if channel_id is not None:
+        query = query.where(Feedback.channel_id == channel_id)
+    ratings, helpful, answers = (await session.execute(query)).one()
+    return FeedbackSummary(ratings=int(ratings), helpful=int(helpful), answers=int(answers))

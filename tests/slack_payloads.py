@@ -144,15 +144,25 @@ def file_share(
 
 
 def block_action(
-    action_id: str, value: str, *, message_ts: str, thread_ts: str, response_url: str, channel: str = CHANNEL
+    action_id: str,
+    value: str,
+    *,
+    message_ts: str,
+    thread_ts: str,
+    response_url: str,
+    channel: str = CHANNEL,
+    user: str = ALICE,
+    trigger_id: str = "123.456.abc",
+    element: str = "button",
 ) -> str:
-    """A signed-ready form body for a button press (interactivity payload)."""
+    """A signed-ready form body for a button press (interactivity payload); `element` is the
+    pressed element's type (`feedback_buttons` for a thumbs up or down)."""
     payload = {
         "type": "block_actions",
         "api_app_id": "A0TUTOR",
         "token": "legacy",
-        "trigger_id": "123.456.abc",
-        "user": {"id": ALICE, "username": "alice", "name": "alice", "team_id": TEAM},
+        "trigger_id": trigger_id,
+        "user": {"id": user, "username": "alice", "name": "alice", "team_id": TEAM},
         "team": {"id": TEAM, "domain": "example"},
         "enterprise": None,
         "is_enterprise_install": False,
@@ -177,7 +187,7 @@ def block_action(
         "response_url": response_url,
         "actions": [
             {
-                "type": "button",
+                "type": element,
                 "action_id": action_id,
                 "block_id": "tutor_offer",
                 "value": value,
@@ -185,6 +195,36 @@ def block_action(
                 "action_ts": new_ts(),
             }
         ],
+    }
+    return form(payload=json.dumps(payload))
+
+
+def view_submission(
+    callback_id: str, private_metadata: str, values: dict[str, dict[str, Any]], *, user: str = ALICE
+) -> str:
+    """A signed-ready form body for a modal's submission; `values` is `view.state.values`."""
+    payload = {
+        "type": "view_submission",
+        "api_app_id": "A0TUTOR",
+        "token": "legacy",
+        "trigger_id": "789.012.def",
+        "user": {"id": user, "username": "alice", "name": "alice", "team_id": TEAM},
+        "team": {"id": TEAM, "domain": "example"},
+        "enterprise": None,
+        "is_enterprise_install": False,
+        "view": {
+            "id": "V0FEEDBACK",
+            "team_id": TEAM,
+            "type": "modal",
+            "callback_id": callback_id,
+            "private_metadata": private_metadata,
+            "blocks": [],
+            "state": {"values": values},
+            "hash": "1764670000.abcdef",
+            "app_id": "A0TUTOR",
+            "bot_id": "B0TUTOR",
+        },
+        "response_urls": [],
     }
     return form(payload=json.dumps(payload))
 

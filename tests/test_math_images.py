@@ -116,7 +116,7 @@ async def test_answer_with_two_equations_is_one_message_with_images_in_place(bot
     await bot.wait_runs_finished(1)
 
     (post,) = answer_posts(bot, ts)
-    assert block_types(post) == ["section", "image", "section", "image", "actions"]
+    assert block_types(post) == ["section", "image", "section", "image", "context_actions", "actions"]
     assert "quadratic formula" in post["blocks"][0]["text"]["text"]
     assert "area under the curve" in post["blocks"][2]["text"]["text"]
     assert [image["alt_text"] for image in images(post)] == [QUADRATIC, INTEGRAL]
@@ -172,7 +172,7 @@ async def test_formula_mathtext_rejects_is_shown_as_text(bot: Bot) -> None:
     assert runs[0].status == "done"
 
     (post,) = answer_posts(bot, ts)
-    assert block_types(post) == ["section", "section", "section", "image", "actions"]
+    assert block_types(post) == ["section", "section", "section", "image", "context_actions", "actions"]
     matrix = post["blocks"][1]["text"]["text"]
     assert "1" in matrix and "4" in matrix
     assert "pmatrix" not in matrix and "&amp;" not in matrix  # a text layout, not raw LaTeX
@@ -189,7 +189,7 @@ async def test_upload_refused_for_good_falls_back_to_text(bot: Bot) -> None:
     runs = await bot.wait_runs_finished(1)
     assert runs[0].status == "done"
     (post,) = answer_posts(bot, ts)
-    assert block_types(post) == ["section", "section", "section", "section", "actions"]
+    assert block_types(post) == ["section", "section", "section", "section", "context_actions", "actions"]
     assert "√" in post["blocks"][1]["text"]["text"]
 
 
@@ -198,7 +198,7 @@ async def test_math_images_off_posts_text_only(start_bot: BotFactory) -> None:
     ts = await ask(bot, TWO_EQUATIONS)
     await bot.wait_runs_finished(1)
     (post,) = answer_posts(bot, ts)
-    assert block_types(post) == ["section", "actions"]
+    assert block_types(post) == ["section", "context_actions", "actions"]
     assert "√" in post["text"] and "\\frac" not in post["text"]
     assert not bot.slack.calls("files.getUploadURLExternal")
 
@@ -250,7 +250,7 @@ async def test_images_slack_never_accepts_become_text(bot: Bot) -> None:
     runs = await bot.wait_runs_finished(1, within=15)
     assert runs[0].status == "done"
     (post,) = answer_posts(bot, ts)
-    assert block_types(post) == ["section", "section", "section", "section", "actions"]
+    assert block_types(post) == ["section", "section", "section", "section", "context_actions", "actions"]
     assert "√" in post["blocks"][1]["text"]["text"]
 
 

@@ -31,6 +31,7 @@ TABLES = {
     "slack_oauth_states",
     "usage_records",
     "channel_budgets",
+    "feedback",
     "alembic_version",
 }
 

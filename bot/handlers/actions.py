@@ -1,4 +1,5 @@
-"""Interactivity: buttons on the tutor's messages, and the "Reset tutor here" message shortcut.
+"""Interactivity: buttons on the tutor's messages (feedback too, and the modal a thumbs-down
+opens), and the "Reset tutor here" message shortcut.
 
 A button acts on the thread it was clicked in, as Slack reports it (`container`, `channel`); the
 `value` it carries is only a hint, checked against that. Anyone can post a message with a button
@@ -19,14 +20,19 @@ from bot.handlers.events import CHANNEL_ID, TEAM_ID, TS, USER_ID
 from bot.tutor import Tutor
 from bot.ui import (
     ANALYSE_ACTION,
+    FEEDBACK_ACTION,
+    FEEDBACK_MODAL,
     LIBRARY_CLEAR_ACTION,
     LIBRARY_KEEP_ACTION,
     RESET_SHORTCUT,
     SHOW_WORK_ACTION,
     START_OVER_ACTION,
+    FeedbackButton,
     ThreadButton,
     WorkButton,
+    feedback_comment,
 )
+from db.models import Rating
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +92,7 @@ def clicked(body: dict[str, Any], action: dict[str, Any]) -> Clicked | None:
         return None
     where = Clicked(_team(body), channel, thread_key(channel, message_ts, thread_ts), message_ts, _user(body))
     hint = _str(action, "value")
-    if _str(action, "action_id") == SHOW_WORK_ACTION:
+    if _str(action, "action_id") in (SHOW_WORK_ACTION, FEEDBACK_ACTION):
         return where  # its value names an answer, checked by the use case
     if hint and ThreadButton.decode(hint) != ThreadButton(where.channel_id, where.thread_key):
         log.warning(
@@ -149,6 +155,46 @@ def register(app: AsyncApp, tutor: Tutor) -> None:
             log.warning("ignored a %s press without an answer or press time", SHOW_WORK_ACTION)
         await ack()
 
+    async def feedback(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any]) -> None:
+        """A thumbs up or down under an answer; a thumbs-down then asks what was wrong."""
+        where = clicked(body, action)
+        choice = FeedbackButton.decode(_str(action, "value"))
+        recorded = False
+        if where is not None and choice is not None and where.team_id and where.user_id:
+            recorded = await tutor.record_feedback(
+                team_id=where.team_id,
+                channel_id=where.channel_id,
+                user_id=where.user_id,
+                run_uuid=choice.run_uuid,
+                rating=choice.rating,
+            )
+        elif where is not None:
+            log.warning("ignored a %s click without an answer or a person", FEEDBACK_ACTION)
+        await ack()
+        trigger_id = _str(body, "trigger_id")
+        if (
+            recorded
+            and where is not None
+            and choice is not None
+            and choice.rating == Rating.UNHELPFUL
+            and trigger_id
+        ):
+            await tutor.ask_what_was_wrong(
+                team_id=where.team_id, trigger_id=trigger_id, run_uuid=choice.run_uuid
+            )
+
+    async def what_was_wrong(ack: AsyncAck, body: dict[str, Any], view: dict[str, Any]) -> None:
+        """The thumbs-down modal's submission: its text (or nothing) goes on that rating."""
+        answer = WorkButton.decode(_str(view, "private_metadata"))
+        team_id, user_id = _team(body), _user(body)
+        if answer is not None and team_id and user_id:
+            await tutor.note_what_was_wrong(
+                team_id=team_id, user_id=user_id, run_uuid=answer.run_uuid, comment=feedback_comment(view)
+            )
+        else:
+            log.warning("ignored a %s submission without its answer or person", FEEDBACK_MODAL)
+        await ack()
+
     async def reset_here(ack: AsyncAck, shortcut: dict[str, Any], respond: AsyncRespond) -> None:
         channel_id = _str(shortcut, "channel", "id")
         message_ts = _str(shortcut, "message", "ts")
@@ -199,4 +245,6 @@ def register(app: AsyncApp, tutor: Tutor) -> None:
     app.action(ANALYSE_ACTION)(analyse)
     app.action(START_OVER_ACTION)(start_over)
     app.action(SHOW_WORK_ACTION)(show_work)
+    app.action(FEEDBACK_ACTION)(feedback)
+    app.view_submission(FEEDBACK_MODAL)(what_was_wrong)
     app.shortcut(RESET_SHORTCUT)(reset_here)

@@ -19,8 +19,8 @@ from bot.handlers.events import CHANNEL_ID, TEAM_ID, database_down
 from bot.library import STATUS_WORDS, LibraryListing
 from bot.privacy import Forgotten
 from bot.tutor import Tutor
-from bot.ui import library_clear_confirmation
-from bot.usage import Figures, Limits, Period, UsageReport
+from bot.ui import feedback_line, library_clear_confirmation
+from bot.usage import FEEDBACK_DAYS, Figures, Limits, Period, UsageReport
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +271,10 @@ def usage_text(report: UsageReport) -> str:
     month, where = (report.workspace.month, "") if report.workspace else (report.channel.month, "here ")
     if month.answers:
         lines.append(_breakdown(month, where))
-    # Room for the feedback line ("helpful: N % of M rated answers") above the footnote.
+    if report.channel_feedback is not None:
+        lines.append(f"*Answers rated here:* {feedback_line(report.channel_feedback, days=FEEDBACK_DAYS)}")
+    if report.workspace_feedback is not None:
+        lines.append(f"*In the workspace:* {feedback_line(report.workspace_feedback, days=FEEDBACK_DAYS)}")
     lines.append(
         "_Cost: an estimate from list prices per token; "
         "code-interpreter container time is billed separately._"

@@ -20,6 +20,11 @@ token too (``grant_type=refresh_token`` then gives new tokens and retires the ol
 ``fake.channel_teams`` belongs to that team: any other workspace's token gets
 ``channel_not_found`` there, and a file hosted with ``team_id=`` downloads only with that team's
 token. The default token (``fake.bot_token``, team ``fake.team_id``) works as it always did.
+Blocks (chat.postMessage, chat.update, chat.stopStream, modals) are checked as Slack documents
+them, answering ``invalid_blocks`` with the problems: 50 blocks, section text, image blocks,
+``context_actions`` (1 to 5 ``feedback_buttons`` / ``icon_button`` elements, feedback buttons
+nowhere else) and ``input`` blocks. ``views.open`` needs a trigger_id and a valid modal; the
+modals opened are in ``opened_views``.
 
 Selectors for ``calls()``, ``fail_next()`` and ``delay_next()``: a Web API method name
 (``"chat.postMessage"``, exact match) or, for the other routes, a path prefix starting with
@@ -104,6 +109,84 @@ class _HostedFile:
 
 #: What files.info leaves empty until Slack has processed an upload.
 _UNPROCESSED_BLANK = ("mimetype", "filetype", "pretty_type")
+
+
+#: Elements a context_actions block may hold, and how many (Block Kit reference).
+_CONTEXT_ACTION_ELEMENTS = ("feedback_buttons", "icon_button")
+_CONTEXT_ACTIONS_MAX = 5
+
+
+def _plain_text_problem(text: Any, limit: int) -> str | None:
+    """What is wrong with a plain_text object of at most `limit` characters, or None."""
+    if not isinstance(text, dict) or text.get("type") != "plain_text":
+        return "must be a plain_text object"
+    if not isinstance(text.get("text"), str) or not 1 <= len(text["text"]) <= limit:
+        return f"text must be 1 to {limit} characters"
+    return None
+
+
+def _context_actions_problems(block: dict[str, Any], where: str) -> list[str]:
+    """A context_actions block: 1 to 5 feedback_buttons / icon_button elements; feedback buttons
+    nowhere else. Each feedback button: plain_text (≤ 75), a value (≤ 2000), an optional
+    accessibility_label (≤ 75)."""
+    elements = block.get("elements")
+    if block.get("type") != "context_actions":
+        if isinstance(elements, list) and any(
+            isinstance(e, dict) and e.get("type") in _CONTEXT_ACTION_ELEMENTS for e in elements
+        ):
+            return [f"feedback_buttons and icon_button belong in a context_actions block {where}/type]"]
+        return []
+    if not isinstance(elements, list) or not elements:
+        return [f"must contain at least 1 item {where}/elements]"]
+    problems = []
+    if len(elements) > _CONTEXT_ACTIONS_MAX:
+        problems.append(f"must contain at most {_CONTEXT_ACTIONS_MAX} items {where}/elements]")
+    if len(str(block.get("block_id") or "")) > 255:
+        problems.append(f"must be at most 255 characters {where}/block_id]")
+    for number, element in enumerate(elements):
+        at = f"{where}/elements/{number}"
+        if not isinstance(element, dict) or element.get("type") not in _CONTEXT_ACTION_ELEMENTS:
+            problems.append(f"must be feedback_buttons or icon_button {at}/type]")
+            continue
+        if len(str(element.get("action_id") or "")) > 255:
+            problems.append(f"must be at most 255 characters {at}/action_id]")
+        if element["type"] == "icon_button":
+            if not element.get("icon") or _plain_text_problem(element.get("text"), 75):
+                problems.append(f"an icon_button needs an icon and plain_text {at}]")
+            continue
+        for side in ("positive_button", "negative_button"):
+            problems += _feedback_button_problems(element.get(side), f"{at}/{side}")
+    return problems
+
+
+def _feedback_button_problems(button: Any, at: str) -> list[str]:
+    if not isinstance(button, dict):
+        return [f"must provide an object {at}]"]
+    problems = []
+    if text_problem := _plain_text_problem(button.get("text"), 75):
+        problems.append(f"{text_problem} (plain_text, 1 to 75 characters) {at}/text]")
+    value = button.get("value")
+    if not isinstance(value, str) or not 1 <= len(value) <= 2000:
+        problems.append(f"value must be 1 to 2000 characters {at}/value]")
+    label = button.get("accessibility_label")
+    if label is not None and (not isinstance(label, str) or not 1 <= len(label) <= 75):
+        problems.append(f"accessibility_label must be 1 to 75 characters {at}/accessibility_label]")
+    return problems
+
+
+def _input_problems(block: dict[str, Any], where: str) -> list[str]:
+    """An input block: a plain_text label (≤ 2000) and an element; a text input's max_length ≤ 3000."""
+    if block.get("type") != "input":
+        return []
+    problems = []
+    if text_problem := _plain_text_problem(block.get("label"), 2000):
+        problems.append(f"{text_problem} {where}/label]")
+    element = block.get("element")
+    if not isinstance(element, dict) or not element.get("type"):
+        problems.append(f"must provide an element {where}/element]")
+    elif element.get("type") == "plain_text_input" and int(element.get("max_length") or 0) > 3000:
+        problems.append(f"must be at most 3000 {where}/element/max_length]")
+    return problems
 
 
 def _png_size(content: bytes) -> tuple[int, int] | None:
@@ -199,6 +282,8 @@ class FakeSlack(FakeServer):
         self.channel_messages: dict[str, list[dict[str, Any]]] = {}
         self.deleted_messages: list[dict[str, Any]] = []
         self.ephemeral_messages: list[dict[str, Any]] = []
+        #: Modals opened with views.open: ``{"trigger_id": …, "view": …}`` in order.
+        self.opened_views: list[dict[str, Any]] = []
         #: (channel, ts) -> reaction name -> list of user ids.
         self.reactions: dict[tuple[str, str], dict[str, list[str]]] = {}
         #: JSON bodies POSTed to /response_url/<name>, with the name under ``"_path"``.
@@ -240,6 +325,7 @@ class FakeSlack(FakeServer):
             "reactions.add": self._reactions_add,
             "reactions.remove": self._reactions_remove,
             "views.publish": self._views_publish,
+            "views.open": self._views_open,
             "files.info": self._files_info,
             "files.getUploadURLExternal": self._files_get_upload_url,
             "files.completeUploadExternal": self._files_complete_upload,
@@ -417,12 +503,18 @@ class FakeSlack(FakeServer):
         return hosted.uploaded_at is None or time.monotonic() - hosted.uploaded_at >= self.process_delay
 
     def _invalid_blocks(self, blocks: Any) -> list[str]:
-        """Slack's checks of the blocks the tutor sends (count, section text, image blocks)."""
+        """Slack's checks of the blocks the tutor sends (count, section text, image blocks, context
+        actions and feedback buttons, inputs)."""
         if not isinstance(blocks, list):
             return ["must be an array [json-pointer:/blocks]"]
         problems = ["must contain at most 50 items [json-pointer:/blocks]"] if len(blocks) > 50 else []
         for index, block in enumerate(blocks):
             where = f"[json-pointer:/blocks/{index}"
+            if not isinstance(block, dict):
+                problems.append(f"must be an object {where}]")
+                continue
+            problems += _context_actions_problems(block, where)
+            problems += _input_problems(block, where)
             if block.get("type") == "section" and len((block.get("text") or {}).get("text") or "") > 3000:
                 problems.append(f"must be less than 3001 characters {where}/text/text]")
             if block.get("type") != "image":
@@ -432,6 +524,25 @@ class FakeSlack(FakeServer):
             slack_file = block.get("slack_file")
             if slack_file is not None and not self.is_processed(str(slack_file.get("id") or "")):
                 problems.append(f"invalid slack file {where}/slack_file]")
+        return problems
+
+    def _invalid_view(self, view: Any) -> list[str]:
+        """Slack's checks of a modal (views.open): type, title, buttons, blocks, private_metadata."""
+        if not isinstance(view, dict) or view.get("type") != "modal":
+            return ["must be a modal view [json-pointer:/view/type]"]
+        problems = []
+        for name, limit in (("title", 24), ("submit", 24), ("close", 24)):
+            text = view.get(name)
+            if text is None and name != "title":
+                continue
+            if _plain_text_problem(text, limit):
+                problems.append(f"{_plain_text_problem(text, limit)} [json-pointer:/view/{name}]")
+        if len(str(view.get("private_metadata") or "")) > 3000:
+            problems.append("must be at most 3000 characters [json-pointer:/view/private_metadata]")
+        has_input = any(isinstance(b, dict) and b.get("type") == "input" for b in view.get("blocks") or [])
+        if has_input and view.get("submit") is None:
+            problems.append("a view with inputs needs a submit button [json-pointer:/view/submit]")
+        problems += [p.replace("/blocks", "/view/blocks") for p in self._invalid_blocks(view.get("blocks"))]
         return problems
 
     def _build_app(self, app: web.Application) -> None:
@@ -688,6 +799,8 @@ class FakeSlack(FakeServer):
         fields = self._message_fields(args)
         if isinstance(fields, str):
             return {"ok": False, "error": fields}
+        if "blocks" in fields and (problems := self._invalid_blocks(fields["blocks"])):
+            return {"ok": False, "error": "invalid_blocks", "errors": problems}
         if "blocks" not in fields:
             message.pop("blocks", None)
         message.pop("markdown_text", None)
@@ -808,6 +921,8 @@ class FakeSlack(FakeServer):
         message = self._streaming(args)
         if isinstance(message, str):
             return {"ok": False, "error": message}
+        if args.get("blocks") is not None and (problems := self._invalid_blocks(args["blocks"])):
+            return {"ok": False, "error": "invalid_blocks", "errors": problems}
         problem = self._stream_chunks(message, args)
         if problem:
             return {"ok": False, "error": problem}
@@ -968,6 +1083,21 @@ class FakeSlack(FakeServer):
             return {"ok": False, "error": "no_reaction"}
         users.remove(self.bot_user_id)
         return {"ok": True}
+
+    async def _views_open(self, args: dict[str, Any]) -> dict[str, Any]:
+        """A modal opened for a click: needs the click's trigger_id (valid for 3 s at Slack)."""
+        trigger_id, view = args.get("trigger_id"), args.get("view")
+        if not trigger_id:
+            return {"ok": False, "error": "invalid_arguments"}
+        if problems := self._invalid_view(view):
+            return {"ok": False, "error": "invalid_arguments", "response_metadata": {"messages": problems}}
+        opened = {
+            **copy.deepcopy(view),
+            "id": f"V0MODAL{len(self.opened_views) + 1}",
+            "team_id": self.team_id,
+        }
+        self.opened_views.append({"trigger_id": str(trigger_id), "view": opened})
+        return {"ok": True, "view": opened}
 
     async def _views_publish(self, args: dict[str, Any]) -> dict[str, Any]:
         view = args.get("view")
