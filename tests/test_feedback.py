@@ -99,7 +99,7 @@ async def _answer_uuid(bot: Bot, thread_ts: str) -> str:
 
 
 async def test_a_streamed_answer_ends_with_valid_feedback_buttons(bot: Bot) -> None:
-    bot.openai.latency, bot.openai.stream_span = 1.0, 0.5
+    bot.openai.latency, bot.openai.stream_span = 2.5, 2.0  # streamed even on a loaded machine
     ts, answer = await _ask(bot)
     assert bot.slack.calls("chat.startStream"), "the answer was not streamed"
     element = _feedback(answer)
