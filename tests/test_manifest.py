@@ -428,6 +428,7 @@ METHOD_SCOPES: dict[str, set[str]] = {
     "assistant_threads_setSuggestedPrompts": {"assistant:write"},
     "assistant_threads_setTitle": {"assistant:write"},
     "views_publish": set(),
+    "views_open": set(),  # a modal (the thumbs-down form) needs no scope, only a trigger_id
     "users_info": {"users:read"},
     "auth_test": set(),
     "apps_connections_open": set(),  # the app-level token's connections:write, not a bot scope
