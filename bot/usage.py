@@ -142,18 +142,28 @@ class UsageLedger:
 
     async def check(self, *, team_id: str, channel_id: str, user_id: str) -> None:
         """BudgetExceeded when a daily budget in force here is used up (the person's first, then
-        the channel's, then the workspace's)."""
+        the channel's, then the workspace's). Only a limit in force is summed: with none, one
+        primary-key lookup per question."""
         day = self._day()
         async with self._sessions() as session:
-            limits = await self._limits(session, team_id=team_id, channel_id=channel_id, day=day)
-            if limits.per_user:
-                mine = await repo.tokens_used(session, team_id=team_id, since=day, user_id=user_id)
-                if mine >= limits.per_user:
-                    raise self._exceeded("user", day)
-        if limits.per_channel and limits.used_by_channel >= limits.per_channel:
-            raise self._exceeded("channel", day)
-        if limits.workspace and limits.used_by_workspace >= limits.workspace:
-            raise self._exceeded("workspace", day)
+            own = await repo.get_channel_budget(session, team_id=team_id, channel_id=channel_id)
+            own_per_user = own.tokens_per_user if own is not None else None
+            per_user = self._settings.tutor_daily_tokens_per_user if own_per_user is None else own_per_user
+            per_channel = (own.tokens_per_channel or 0) if own is not None else 0
+            workspace = self._settings.tutor_daily_tokens_per_workspace
+            checks: list[tuple[str, int, str | None, str | None]] = [
+                ("user", per_user, None, user_id),
+                ("channel", per_channel, channel_id, None),
+                ("workspace", workspace, None, None),
+            ]
+            for scope, limit, channel, user in checks:
+                if not limit:
+                    continue
+                used = await repo.tokens_used(
+                    session, team_id=team_id, since=day, channel_id=channel, user_id=user
+                )
+                if used >= limit:
+                    raise self._exceeded(scope, day)
 
     async def limits(self, *, team_id: str, channel_id: str) -> Limits:
         async with self._sessions() as session:
