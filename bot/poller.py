@@ -514,9 +514,11 @@ class Poller:
                     if event.response_id is not None and event.response_id != run.response_id:
                         await self._started(run, event.response_id)
                     if event.chart is not None:
-                        # Uploaded now only below words already in the thread, else with the answer.
-                        charts.cited(event.chart, upload=live.text_shown)
+                        charts.cited(event.chart)
                     live.add(event)
+                    # Uploaded only below words already in the thread (the first words may still
+                    # be on their way when the chart is cited), else with the answer.
+                    charts.upload_if(shown=live.text_shown)
                     if live.failure is not None:
                         raise live.failure
                     if event.reply is not None:
@@ -830,23 +832,31 @@ class Crews:
 
 class _CitedCharts:
     """Charts uploaded as soon as the answer cites them, each once (the replier's delivery rows),
-    when the answer's words are already in the thread (else they'd come before it); all are done
-    before the answer is delivered, which uploads the others and any that failed here."""
+    once the answer's words are in the thread (else they'd come before it); all are done before
+    the answer is delivered, which uploads the others and any that failed here."""
 
     def __init__(self, replier: Replier, run: Run) -> None:
         self._replier = replier
         self._run = run
         self._seen: set[str] = set()
+        #: Cited before the first words showed, with their numbers: uploaded once they show.
+        self._waiting: list[tuple[ChartRef, int]] = []
         self._tasks: list[asyncio.Task[None]] = []
 
-    def cited(self, chart: ChartRef, *, upload: bool) -> None:
+    def cited(self, chart: ChartRef) -> None:
         if chart.file_id in self._seen:
             return
         self._seen.add(chart.file_id)  # numbered in citation order, as the replier numbers them
-        if not upload:
+        self._waiting.append((chart, len(self._seen)))
+
+    def upload_if(self, *, shown: bool) -> None:
+        """Start the uploads of the charts cited so far, if the answer's words are in the thread."""
+        if not shown:
             return
-        uploading = self._replier.upload_cited(self._run, chart, len(self._seen))
-        self._tasks.append(asyncio.create_task(uploading, name=f"chart-{self._run.id}"))
+        for chart, number in self._waiting:
+            uploading = self._replier.upload_cited(self._run, chart, number)
+            self._tasks.append(asyncio.create_task(uploading, name=f"chart-{self._run.id}"))
+        self._waiting.clear()
 
     def cancel(self) -> None:
         for task in self._tasks:

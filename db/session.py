@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterator
@@ -144,7 +145,7 @@ def _sqlite_connector(
         database, options["uri"] = f"{read_only_file.resolve().as_uri()}?{mode}", True
 
     async def connect() -> aiosqlite.Connection:
-        connection = aiosqlite.connect(database, timeout=30, **options)
+        connection = aiosqlite.connect(database, timeout=30, factory=_RollingBackConnection, **options)
         thread = connection._thread  # aiosqlite has no public handle on its thread
         thread.daemon = True  # as SQLAlchemy's own aiosqlite connect does
         try:
@@ -158,6 +159,23 @@ def _sqlite_connector(
             raise
 
     return connect
+
+
+class _RollingBackConnection(sqlite3.Connection):
+    """Closing ends the connection's transaction first.
+
+    A connection closed while a statement of its transaction is unfinished (SQLAlchemy throws away
+    one whose statement was cancelled, and the cancelled cursor lives on in a traceback) only
+    closes once that statement is freed: until the garbage collector runs, its transaction keeps
+    the write lock, and every other connection of the process waits busy_timeout (30 s) for it.
+    A rollback ends the transaction whatever statements are pending.
+    """
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            if self.in_transaction:
+                self.rollback()
+        super().close()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -205,21 +205,25 @@ async def test_slack_429_on_append_is_honoured(bot: Bot) -> None:
 
 
 async def test_a_long_answer_goes_on_in_a_follow_up_message(bot: Bot) -> None:
-    _thinking(bot, latency=3.0, span=2.5)
+    # The relay appends about once a second, and what it hasn't streamed when the model is done
+    # goes into the final answer instead: the first message must fill up well before the end
+    # (here about half-way through the text, a few appends ahead of it, on a loaded machine too).
+    _thinking(bot, latency=5.5, span=5.0)
     text = "\n\n".join(
-        f"Paragraph {n}. " + "The sum of the series converges quickly. " * 12 for n in range(30)
+        f"Paragraph {n}. " + "The sum of the series converges quickly. " * 12 for n in range(40)
     )
-    assert len(text) > 14_000
+    assert len(text) > 20_000
     bot.openai.queue(Turn(text=text, code=None))
     ts = await _ask(bot)
     await bot.wait_runs_finished(1, within=20)
     streams = bot.slack.calls("chat.startStream")
-    assert len(streams) == 2, "the stream was not continued in a second message"
+    # How the text splits depends on how much each append carries: two messages or more.
+    assert len(streams) >= 2, "the stream was not continued in a second message"
     assert all(c.args.get("error") != "msg_too_long" for c in bot.slack.calls("chat.appendStream"))
     answers = _live(bot, ts)
     assert bot.slack.messages(CHANNEL, ts) == answers
     shown = "\n".join(m["text"] for m in answers)
-    assert "Paragraph 0." in shown and "Paragraph 29." in shown
+    assert "Paragraph 0." in shown and "Paragraph 39." in shown
 
 
 WorkerSpawner = Any
