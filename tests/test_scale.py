@@ -159,7 +159,16 @@ async def test_a_worker_frozen_past_its_lease_touches_nothing_once_thawed(
             calls = len(fake_slack.requests)
         finally:
             frozen.process.send_signal(signal.SIGCONT)
-        await processes.wait_logged(frozen, "lease lost", within=20)
+        # Thawed, it notices: its next fenced step finds the lease lost, or its heart-beat finds
+        # the run held by the other worker and stops driving it, whichever comes first.
+        await wait_for(
+            lambda: any(
+                "lease lost" in line or "no longer held by this worker" in line
+                for line in frozen.stderr().splitlines()
+            ),
+            timeout=20,
+            message="the thawed worker never noticed it lost the run",
+        )
         assert len(fake_slack.requests) == calls, [r.path for r in fake_slack.requests[calls:]]
         assert await runs.of(ts) == finished
         assert other.alive
