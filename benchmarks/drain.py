@@ -19,13 +19,16 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import re
 import signal
 import socket
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +48,57 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _stat(pid: int | str) -> list[str]:
+    with open(f"/proc/{pid}/stat") as handle:
+        return handle.read().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a live process (Linux /proc), in seconds."""
+    fields = _stat(pid)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu_seconds() -> float:
+    """CPU of every PostgreSQL process on this machine, exited backends included (the postmaster's
+    reaped children), in seconds; nan where /proc can't tell."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError):
+            if (entry / "comm").read_text().strip() != "postgres":
+                continue
+            fields = _stat(entry.name)
+            total += int(fields[11]) + int(fields[12])
+            parent = (Path("/proc") / fields[1] / "comm").read_text().strip()
+            if parent != "postgres":  # the postmaster: add its exited children
+                total += int(fields[13]) + int(fields[14])
+    return total / os.sysconf("SC_CLK_TCK") if total else float("nan")
+
+
+@dataclass
+class Deployment:
+    events_url: str
+    pids: dict[str, list[int]]
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds so far: web, workers (summed), PostgreSQL, and this process (fakes + load)."""
+        return {
+            "web": sum(cpu_seconds(pid) for pid in self.pids["web"]),
+            "workers": sum(cpu_seconds(pid) for pid in self.pids["worker"]),
+            "PostgreSQL": postgres_cpu_seconds(),
+            "fakes+load": time.process_time(),
+        }
+
+
 @contextlib.asynccontextmanager
 async def processes(
     url: str, slack: FakeSlack, openai: FakeOpenAI, *, workers: int, concurrency: int
-) -> AsyncIterator[str]:
-    """`slack-tutor web` and `workers` × `slack-tutor worker`; yields the events URL."""
+) -> AsyncIterator[Deployment]:
+    """`slack-tutor web` and `workers` × `slack-tutor worker`."""
     started: list[asyncio.subprocess.Process] = []
+    pids: dict[str, list[int]] = {"web": [], "worker": []}
     web_port = free_port()
     common = {
         "DATABASE_URL": url,
@@ -66,6 +114,7 @@ async def processes(
                     binary, command, env=env, stdout=asyncio.subprocess.DEVNULL
                 )
             )
+            pids[command].append(started[-1].pid)
         async with aiohttp.ClientSession() as http:
             for _ in range(300):
                 with contextlib.suppress(aiohttp.ClientError):
@@ -74,7 +123,7 @@ async def processes(
                             break
                 await asyncio.sleep(0.1)
         await asyncio.sleep(2.0)  # the workers' imports and first claim
-        yield f"http://127.0.0.1:{web_port}/slack/events"
+        yield Deployment(f"http://127.0.0.1:{web_port}/slack/events", pids)
     finally:
         for process in started:
             with contextlib.suppress(ProcessLookupError):
@@ -93,7 +142,20 @@ async def wait_finished(url: str, total: int, *, deadline: float) -> dict[str, f
             )
             if len(rows) >= total or time.monotonic() > deadline:
                 return {row["message_ts"]: float(row["at"]) for row in rows}
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.2)
+    finally:
+        await connection.close()
+
+
+async def database_transactions(url: str) -> int:
+    """Commits and rollbacks in the benchmark's database so far (pg_stat_database, all sessions)."""
+    connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        await connection.execute("SELECT pg_stat_clear_snapshot()")
+        value = await connection.fetchval(
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()"
+        )
+        return int(value)
     finally:
         await connection.close()
 
@@ -152,14 +214,21 @@ async def drain(args: argparse.Namespace, workers: int) -> None:
             openai.script = answering
             async with processes(
                 url, slack, openai, workers=workers, concurrency=args.concurrency
-            ) as endpoint:
+            ) as deployment:
+                cpu_before = deployment.cpu()
+                transactions_before = await database_transactions(url)
                 began = time.monotonic()
                 acked, asked = await burst(
-                    endpoint, threads=args.threads, per_thread=args.per_thread, senders=args.senders
+                    deployment.events_url,
+                    threads=args.threads,
+                    per_thread=args.per_thread,
+                    senders=args.senders,
                 )
                 sent = time.monotonic() - began
                 finished = await wait_finished(url, total, deadline=began + 600)
                 drained = time.monotonic() - began
+                cpu = {k: v - cpu_before[k] for k, v in deployment.cpu().items()}
+                transactions = await database_transactions(url) - transactions_before
             wrong = 0
             for (channel, root), questions in asked.items():
                 texts = [str(m.get("text")) for m in slack.messages(channel, root)]
@@ -176,6 +245,17 @@ async def drain(args: argparse.Namespace, workers: int) -> None:
             f" (sent in {sent:4.1f} s)   answer p50 {p50:5.1f} s   p99 {p99:5.1f} s"
             f"   threads out of order or with a lost/double answer: {wrong}"
         )
+        print(
+            f"     CPU per answer: {sum(cpu.values()) / total * 1000:.0f} ms"
+            f" ({', '.join(f'{name} {seconds / total * 1000:.0f}' for name, seconds in cpu.items())});"
+            f" {transactions / total:.1f} database transactions"
+        )
+        for server in (slack, openai):
+            calls = Counter(request.name for request in server.requests)
+            print(
+                f"     {type(server).__name__}: {sum(calls.values()) / total:.1f} calls per answer"
+                f" ({', '.join(f'{name} {n / total:.1f}' for name, n in calls.most_common(5))})"
+            )
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
