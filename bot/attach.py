@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -52,18 +53,22 @@ class FileAttacher:
         self._slack = slack
         self.max_bytes = max_bytes
 
-    async def attach_pending(self, thread_id: int, container_id: str | None) -> None:
-        """Bring every pending file of the thread into its sandbox, or record why it can't be."""
-        async with self._sessions() as session:
-            pending = [
-                f for f in await repo.files_of_thread(session, thread_id=thread_id) if f.status == "pending"
-            ]
+    async def attach_pending(
+        self, thread_id: int, container_id: str | None, *, files: Sequence[ThreadFile] | None = None
+    ) -> bool:
+        """Bring every pending file of the thread into its sandbox, or record why it can't be;
+        whether there were any. `files`: the thread's files, when the caller just read them."""
+        if files is None:
+            async with self._sessions() as session:
+                files = await repo.files_of_thread(session, thread_id=thread_id)
+        pending = [f for f in files if f.status == "pending"]
         for file in pending:
             try:
                 await self._attach(file, container_id)
             except errors.FileError as exc:
                 log.info("file %s (%s) rejected: %s", file.slack_file_id, exc.code, exc.detail)
                 await self._save(file.id, status="rejected", error_code=exc.code)
+        return bool(pending)
 
     async def _attach(self, file: ThreadFile, container_id: str | None) -> None:
         if file.openai_file_id is None:

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import re
 import zipfile
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO
 
@@ -135,18 +135,37 @@ class DocumentDesk:
         small = file.size <= settings.tutor_document_max_mb * (1 << 20)
         return small and (file.pages is None or file.pages <= settings.tutor_document_max_pages)
 
-    async def prepare(self, run: Run, thread: TutorThread, show: Show) -> DocumentPlan:
-        """The run's documents routed (large ones indexed, waited for), and the stores to search."""
-        async with self._sessions() as session:
-            files = await repo.files_of_thread(session, thread_id=thread.id)
+    @staticmethod
+    def scopes(run: Run) -> tuple[str, str]:
+        """The two scopes a run searches: its thread's documents, and its channel's library."""
+        return thread_scope(run.thread_id), channel_scope(run.team_id, run.channel_id)
+
+    def to_index(self, run: Run, files: Sequence[ThreadFile]) -> list[ThreadFile]:
+        """The run's ready documents too large to show whole: indexed into the thread's store."""
+        mine = [f for f in files if f.run_id == run.id and f.status == "ready" and f.openai_file_id]
+        return [f for f in mine if is_document(f) and not self.shown_whole(f)]
+
+    async def prepare(
+        self,
+        run: Run,
+        thread: TutorThread,
+        show: Show,
+        *,
+        files: Sequence[ThreadFile],
+        scoped: Mapping[str, Sequence[Document]],
+    ) -> DocumentPlan:
+        """The run's documents routed (large ones indexed, waited for), and the stores to search.
+        `files` are the thread's, `scoped` the documents of `scopes(run)`, as the caller read them."""
         mine = [f for f in files if f.run_id == run.id and f.status == "ready" and f.openai_file_id]
         docs = [f for f in mine if is_document(f)]
         shown = [f for f in docs if self.shown_whole(f)]
-        large = [f for f in docs if not self.shown_whole(f)]
+        large = self.to_index(run, files)
+        thread_key, channel_key = self.scopes(run)
         if large:
             await self._index_thread_documents(run, thread, large, show)
-        thread_store = await self.searchable(thread_scope(thread.id))
-        library = await self.searchable(channel_scope(run.team_id, run.channel_id))
+            scoped = {}  # the thread's store changed: read again
+        thread_store = await self.searchable(thread_key, scoped.get(thread_key))
+        library = await self.searchable(channel_key, scoped.get(channel_key))
         return DocumentPlan(
             input_file_ids=tuple(f.openai_file_id or "" for f in shown),
             vector_store_ids=tuple(store for store, _ in (thread_store, library) if store),
@@ -296,11 +315,15 @@ class DocumentDesk:
                 docs = list(await repo.documents_by_ids(session, ids=doc_ids))
         return docs
 
-    async def searchable(self, scope_key: str) -> tuple[str | None, list[Document]]:
+    async def searchable(
+        self, scope_key: str, docs: Sequence[Document] | None = None
+    ) -> tuple[str | None, list[Document]]:
         """A scope's vector store and the documents in it that can be searched (indexing ones are
-        refreshed first: indexing that outlasted its wait finishes here); (None, []) if none."""
-        async with self._sessions() as session:
-            docs = await repo.documents_in_scope(session, scope_key=scope_key)
+        refreshed first: indexing that outlasted its wait finishes here); (None, []) if none.
+        `docs`: the scope's documents, when the caller just read them."""
+        if docs is None:
+            async with self._sessions() as session:
+                docs = await repo.documents_in_scope(session, scope_key=scope_key)
         indexing = [d.id for d in docs if d.status == "indexing"][:REFRESH_LIMIT]
         if indexing:
             try:
@@ -313,9 +336,22 @@ class DocumentDesk:
         return (usable[0].vector_store_id, usable) if usable else (None, [])
 
 
-async def sources_of(session: AsyncSession, run: Run, reply: ModelReply) -> list[Source]:
-    """The documents an answer used: those it cites, then those shared with its question."""
-    files = await repo.files_of_thread(session, thread_id=run.thread_id)
+def may_have_sources(run: Run, reply: ModelReply, files: Sequence[ThreadFile]) -> bool:
+    """Whether `sources_of` can find any: the answer cites files, or its question shared documents."""
+    return bool(reply.citations) or any(
+        f.run_id == run.id and f.status == "ready" and is_document(f) for f in files
+    )
+
+
+async def sources_of(
+    session: AsyncSession, run: Run, reply: ModelReply, files: Sequence[ThreadFile] | None = None
+) -> list[Source]:
+    """The documents an answer used: those it cites, then those shared with its question.
+    `files`: the thread's, when the caller has them."""
+    if files is None:
+        files = await repo.files_of_thread(session, thread_id=run.thread_id)
+    if not may_have_sources(run, reply, files):
+        return []
     docs = await repo.documents_for_channel(
         session, team_id=run.team_id, channel_id=run.channel_id, thread_id=run.thread_id
     )

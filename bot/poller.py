@@ -27,7 +27,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -48,7 +48,7 @@ from bot.slack_api import Recipient, SlackGateway
 from bot.workspaces import Workspaces
 from db import leases, repo
 from db.leases import LeaseLost
-from db.models import Run, RunKind, RunStatus, utcnow
+from db.models import Run, RunKind, RunStatus, ThreadFile, utcnow
 from db.notify import WorkListener
 
 log = logging.getLogger(__name__)
@@ -414,7 +414,12 @@ class Poller:
         elif run.status == RunStatus.POLLING:
             await self._poll(run)
         elif run.status == RunStatus.REPLYING:
-            await self._reply(run, await self._load_reply(run))
+            reply = await self._load_reply(run)
+            if reply is not None and run.kind == RunKind.ANSWER:
+                # Recorded when the run was marked replying; a run left there by an older
+                # version may not be (a second record adds nothing).
+                await self._crew(run).preparer.usage.record(run, reply)
+            await self._reply(run, reply)
 
     async def _step_in_time(self, run: Run) -> None:
         """A step of an unanswered question ends at the run's deadline, even inside a hung call."""
@@ -455,25 +460,32 @@ class Poller:
             reply = await self._ai.cancel_run(run.response_id)
         if reply is None or not reply.finished:
             reply = ModelReply(response_id=run.response_id, status="cancelled")
-        await self._change(run, lambda s: repo.mark_replying(s, run, owner=self.owner))
+        await self._replying(run, reply)
         await self._reply(run, reply)
 
     async def _create(self, run: Run) -> None:
         again = run.status in (RunStatus.UNKNOWN, RunStatus.CREATING)  # an earlier create may have landed
-        if run.status_shown_at is None:
+        shown_at = None
+        if run.status_shown_at is None:  # noted with the intent below (a retry shows it again)
             await self._crew(run).preparer.show_working(run)
-            await self._change(run, lambda s: repo.note_status_shown(s, run, owner=self.owner, at=utcnow()))
-        request = await self._crew(run).preparer.prepare(run)
-        await self._crew(run).replier.tell_rejected_files(run)  # said before the answer starts to stream
-        if request is None:  # nothing to ask the model: only files it can't use
-            await self._change(run, lambda s: repo.mark_replying(s, run, owner=self.owner))
-            await self._reply(run, None)
+            shown_at = utcnow()
+        prepared = await self._crew(run).preparer.prepare(run)
+        files = prepared.files
+        await self._crew(run).replier.tell_rejected_files(run, files)  # before the answer streams
+        if prepared.request is None:  # nothing to ask the model: only files it can't use
+            await self._replying(run, None)
+            await self._reply(run, None, files)
             return
         # Record the intent before the non-idempotent call: a crash from here on means "unknown".
         started = run.create_started_at or utcnow()
-        await self._change(run, lambda s: repo.mark_creating(s, run, owner=self.owner, started_at=started))
+        await self._change(
+            run,
+            lambda s: repo.mark_creating(
+                s, run, owner=self.owner, started_at=started, status_shown_at=shown_at
+            ),
+        )
         try:
-            reply = await self._follow(run, self._ai.stream_run(request), resumed=False)
+            reply = await self._follow(run, self._ai.stream_run(prepared.request), resumed=False)
         except errors.ConversationBusy:
             if again:
                 # OpenAI still runs the earlier create on this conversation: wait for its answer.
@@ -487,7 +499,7 @@ class Poller:
             if run.status == RunStatus.CREATING and not isinstance(exc, errors.AmbiguousCreate):
                 await self._change(run, lambda s: repo.requeue(s, run, owner=self.owner))
             raise
-        await self._reply(run, reply)
+        await self._reply(run, reply, files)
 
     async def _resume(self, run: Run) -> None:
         """A streaming run whose worker stopped: its events after the last one relayed."""
@@ -544,7 +556,7 @@ class Poller:
             self._metrics.polled(reply.status)
             if not reply.finished:
                 raise errors.StreamDropped("the stream ended early", retry_after=0.2)
-        await self._change(run, lambda s: repo.mark_replying(s, run, owner=self.owner))
+        await self._replying(run, reply)
         return reply
 
     async def _keep_status_while_silent(self, run: Run, live: LiveAnswer) -> None:
@@ -608,7 +620,7 @@ class Poller:
         )
         if found is not None:
             log.info("run %s: found the answer of an unconfirmed create", run.id)
-            await self._change(run, lambda s: repo.mark_replying(s, run, owner=self.owner))
+            await self._replying(run, found)
             await self._reply(run, found)
             return
         if run.attempts >= self._settings.tutor_max_attempts:
@@ -628,17 +640,31 @@ class Poller:
             next_at = self._later(self._interval)
             await self._change(run, lambda s: repo.poll_later(s, run, owner=self.owner, next_at=next_at))
             return
-        await self._change(run, lambda s: repo.mark_replying(s, run, owner=self.owner))
+        await self._replying(run, reply)
         await self._reply(run, reply)
 
-    async def _reply(self, run: Run, reply: ModelReply | None) -> None:
+    async def _replying(self, run: Run, reply: ModelReply | None) -> None:
+        """The response is over: the run is delivered next, and the answer's usage is recorded in
+        the same commit (once per run: a resumed delivery adds nothing)."""
+        usage = self._crew(run).preparer.usage
+
+        async def transition(session: AsyncSession) -> bool:
+            held = await repo.mark_replying(session, run, owner=self.owner)
+            if held and reply is not None and run.kind == RunKind.ANSWER:
+                await usage.record_in(session, run, reply)
+            return held
+
+        await self._change(run, transition)
+
+    async def _reply(
+        self, run: Run, reply: ModelReply | None, files: Sequence[ThreadFile] | None = None
+    ) -> None:
+        """Deliver the answer; `files`, the thread's files when this drive prepared the run."""
         deadline = _DEADLINE.get()
         if deadline is not None:
             deadline.reschedule(None)  # an answer being delivered is never cut off
         crew = self._crew(run)
-        if reply is not None and run.kind == RunKind.ANSWER:
-            await crew.preparer.usage.record(run, reply)  # once per run: a retried reply adds nothing
-        await crew.replier.deliver(run, reply)
+        await crew.replier.deliver(run, reply, files)
         failed = bool(run.error_code) or (reply is not None and reply.failure() is not None)
         await self._finish(run, failed=failed)
         log.info("run %s: %s", run.id, "failed" if failed else "answered")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -50,6 +51,15 @@ def place_of(run: Run) -> Place:
     return Place(channel_id=run.channel_id, thread_ts=run.reply_thread_ts)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A prepared run: the request for the model (None: nothing to ask), and the thread's files
+    as they were once attached, which the replier's notices and sources are drawn from."""
+
+    request: RunRequest | None
+    files: tuple[ThreadFile, ...]
+
+
 class RunPreparer:
     """Everything the poller needs from the tutor's domain before, around and after a model run."""
 
@@ -77,40 +87,54 @@ class RunPreparer:
     async def show_working(self, run: Run, status: str = "is thinking…") -> None:
         await self._slack.show_status(place_of(run), status, message_ts=run.message_ts)
 
-    async def prepare(self, run: Run) -> RunRequest | None:
+    async def prepare(self, run: Run) -> Prepared:
         """Everything a model run needs: the thread's conversation, sandbox and files, and
-        instructions. None when there is nothing to ask (only rejected files, no text);
-        BudgetExceeded, before anything reaches OpenAI, when a daily budget is used up."""
+        instructions. No request when there is nothing to ask (only rejected files, no text);
+        BudgetExceeded, before anything reaches OpenAI, when a daily budget is used up.
+
+        What the database knows is read in one go (a question in a thread without files or
+        documents costs one round of queries, not one per part); it is read again only where
+        attaching or indexing changed it."""
         async with self._sessions() as session:
             thread = await session.get(TutorThread, run.thread_id)
             assert thread is not None
-            shared = [
-                f for f in await repo.files_of_thread(session, thread_id=thread.id) if f.run_id == run.id
-            ]
-            if not run.text.strip() and not shared:
+            files: Sequence[ThreadFile] = await repo.files_of_thread(session, thread_id=thread.id)
+            if not run.text.strip() and not any(f.run_id == run.id for f in files):
                 raise errors.EmptyQuestion()
             channel = await repo.get_channel_settings(session, team_id=run.team_id, channel_id=run.channel_id)
             # The run's own (file analyses), the thread's, the channel's choice, or the math tutor.
             chosen = run.profile_id or thread.profile_id or (channel.profile_id if channel else None)
             profile = await repo.profile_or_default(session, profile_id=chosen, default_slug=DEFAULT_PROFILE)
-        if run.create_started_at is None:  # a create that may have landed is not refused after the fact
-            await self.usage.check(team_id=run.team_id, channel_id=run.channel_id, user_id=run.user_id)
+            if run.create_started_at is None:  # a create that may have landed is not refused after the fact
+                await self.usage.check(
+                    team_id=run.team_id, channel_id=run.channel_id, user_id=run.user_id, session=session
+                )
+            scoped = {
+                scope: await repo.documents_in_scope(session, scope_key=scope)
+                for scope in self.documents.scopes(run)
+            }
         first_turn = thread.conversation_id is None
         conversation_id = thread.conversation_id or await self._new_conversation(thread, profile)
         if first_turn and run.reply_thread_ts and run.channel_id.startswith("D"):
             await self._slack.set_title(run.channel_id, run.reply_thread_ts, run.text)
         container_id, sandbox_reset = None, False
         if "code_interpreter" in profile.tools:
-            container_id, sandbox_reset = await self._sandbox(thread)
-        await self._files.attach_pending(thread.id, container_id)
-        documents = await self.documents.prepare(run, thread, lambda status: self.show_working(run, status))
-        async with self._sessions() as session:
-            files = list(await repo.files_of_thread(session, thread_id=thread.id))
+            container_id, sandbox_reset = await self._sandbox(thread, files)
+            if container_id != thread.container_id and any(f.status == "ready" for f in files):
+                files = await self._files_of(thread.id)  # their paths in the new sandbox
+        if await self._files.attach_pending(thread.id, container_id, files=files):
+            files = await self._files_of(thread.id)
+        indexing = bool(self.documents.to_index(run, files))
+        documents = await self.documents.prepare(
+            run, thread, lambda status: self.show_working(run, status), files=files, scoped=scoped
+        )
+        if indexing:  # a document that could not be indexed is rejected
+            files = await self._files_of(thread.id)
         mine = [f for f in files if f.run_id == run.id and f.status == "ready"]
         if not run.text.strip() and not mine:
-            return None
+            return Prepared(None, tuple(files))
         name = await self._slack.display_name(run.user_id)
-        return RunRequest(
+        request = RunRequest(
             model=profile.model or self._settings.tutor_model,
             conversation_id=conversation_id,
             instructions=build_instructions(
@@ -134,13 +158,15 @@ class RunPreparer:
             document_file_ids=documents.input_file_ids,
             vector_store_ids=documents.vector_store_ids,
         )
+        return Prepared(request, tuple(files))
 
-    async def _sandbox(self, thread: TutorThread) -> tuple[str, bool]:
-        """The thread's live container; a new one (with every file of the thread) if it expired."""
+    async def _files_of(self, thread_id: int) -> list[ThreadFile]:
         async with self._sessions() as session:
-            ready = [
-                f for f in await repo.files_of_thread(session, thread_id=thread.id) if f.status == "ready"
-            ]
+            return list(await repo.files_of_thread(session, thread_id=thread_id))
+
+    async def _sandbox(self, thread: TutorThread, files: Sequence[ThreadFile]) -> tuple[str, bool]:
+        """The thread's live container; a new one (with every file of the thread) if it expired."""
+        ready = [f for f in files if f.status == "ready"]
         container_id, fresh = await self._ai.ensure_container(
             thread.container_id,
             name=f"slack-tutor {thread.team_id}:{thread.channel_id}:{thread.thread_ts}",

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot import errors
 from bot.ai import ChartRef, ModelReply, OpenAIGateway
-from bot.documents import sources_line, sources_of, strip_citation_markers
+from bot.documents import may_have_sources, sources_line, sources_of, strip_citation_markers
 from bot.files import type_label
 from bot.formatting import (
     SLACK_CHUNK_LIMIT,
@@ -126,14 +126,17 @@ class Replier:
         await self._slack.post_ephemeral(place_of(run), run.user_id, text, blocks=blocks)
         await self._finish(delivery.id)
 
-    async def deliver(self, run: Run, reply: ModelReply | None) -> None:
-        """Post the answer (or the one-sentence error) and every chart of `run`."""
+    async def deliver(
+        self, run: Run, reply: ModelReply | None, files: Sequence[ThreadFile] | None = None
+    ) -> None:
+        """Post the answer (or the one-sentence error) and every chart of `run`. `files`: the
+        thread's files, when the caller has them (else they are read)."""
         place = place_of(run)
         self._used_live[run.id] = set()
-        await self._tell_rejected_files(run, place)
+        await self._tell_rejected_files(run, place, files)
         failure = errors.from_code(run.error_code, run.error_message or "") if run.error_code else None
         if failure is None and reply is not None:
-            failure = await self._answer(run, place, reply)
+            failure = await self._answer(run, place, reply, files)
         if failure is not None:
             sentence = failure.user_message
             await self._post_once(run, place, "error", sentence, blocks=_with_start_over(sentence, run))
@@ -141,7 +144,9 @@ class Replier:
         if place.thread_ts is None:
             await self._slack.show_status(place, "", message_ts=run.message_ts)
 
-    async def _answer(self, run: Run, place: Place, reply: ModelReply) -> errors.TutorError | None:
+    async def _answer(
+        self, run: Run, place: Place, reply: ModelReply, files: Sequence[ThreadFile] | None
+    ) -> errors.TutorError | None:
         """The model's text (with a Start over button) and its files; the failure to tell, if any."""
         failure = reply.failure()
         text = reply.text if failure is None else ""
@@ -157,7 +162,7 @@ class Replier:
         else:
             parts = list(format_reply(text, uploaded))
         if parts:
-            parts = await self._with_sources(run, reply, parts)
+            parts = await self._with_sources(run, reply, parts, files)
         if any(isinstance(part, DisplayMath) for part in parts):
             await self._post_with_equations(run, place, parts)
         else:
@@ -167,11 +172,17 @@ class Replier:
         return failure
 
     async def _with_sources(
-        self, run: Run, reply: ModelReply, parts: list[str | DisplayMath]
+        self,
+        run: Run,
+        reply: ModelReply,
+        parts: list[str | DisplayMath],
+        files: Sequence[ThreadFile] | None,
     ) -> list[str | DisplayMath]:
         """The answer with a "Sources: …" line under it when it used documents."""
+        if files is not None and not may_have_sources(run, reply, files):
+            return parts
         async with self._sessions() as session:
-            sources = await sources_of(session, run, reply)
+            sources = await sources_of(session, run, reply, files)
         if not sources:
             return parts
         line = sources_line(sources)
@@ -310,12 +321,16 @@ class Replier:
                 )
                 return
 
-    async def tell_rejected_files(self, run: Run) -> None:
-        """Before the answer starts: the files of the question the tutor couldn't use."""
-        await self._tell_rejected_files(run, place_of(run))
+    async def tell_rejected_files(self, run: Run, files: Sequence[ThreadFile] | None = None) -> None:
+        """Before the answer starts: the files of the question the tutor couldn't use. `files`:
+        the thread's files, when the caller has them."""
+        await self._tell_rejected_files(run, place_of(run), files)
 
-    async def _tell_rejected_files(self, run: Run, place: Place) -> None:
-        for file in await self._files_of(run):
+    async def _tell_rejected_files(
+        self, run: Run, place: Place, files: Sequence[ThreadFile] | None = None
+    ) -> None:
+        mine = [f for f in files if f.run_id == run.id] if files is not None else await self._files_of(run)
+        for file in mine:
             if file.status == "rejected":
                 notice = errors.file_error(
                     file.error_code,
@@ -409,9 +424,9 @@ class Replier:
         delivery row is written once, after Slack answered (one commit, not two)."""
         async with self._sessions() as session:
             done = await repo.get_delivery(session, run_id=run.id, key=key)
-        if done is not None and done.state == "done":
-            return
-        await self._fence(run)
+            if done is not None and done.state == "done":
+                return
+            await leases.ensure_held(session, run)  # the fence, in the same round
         await self._slack.stop_stream(place, ts)
         await self._fence(run)  # a worker frozen during that call has lost the run by now
         await self._slack.update(place, ts, text, delivery_key=self._tag(run, key), blocks=blocks)

@@ -120,6 +120,11 @@ class UsageLedger:
 
     async def record(self, run: Run, reply: ModelReply) -> None:
         """The answer's usage, once per run (a second call for the same run changes nothing)."""
+        async with self._sessions.begin() as session:
+            await self.record_in(session, run, reply)
+
+    async def record_in(self, session: AsyncSession, run: Run, reply: ModelReply) -> None:
+        """`record` in the caller's transaction (the one that marks the run answered)."""
         if reply.usage is None:
             log.info("run %s: the response carried no usage; none recorded", run.id)
             return
@@ -137,33 +142,37 @@ class UsageLedger:
             "code_interpreter": reply.ran_code,
             "created_at": self._clock(),
         }
-        async with self._sessions.begin() as session:
-            await repo.record_usage(session, row=row)
+        await repo.record_usage(session, row=row)
 
-    async def check(self, *, team_id: str, channel_id: str, user_id: str) -> None:
+    async def check(
+        self, *, team_id: str, channel_id: str, user_id: str, session: AsyncSession | None = None
+    ) -> None:
         """BudgetExceeded when a daily budget in force here is used up (the person's first, then
         the channel's, then the workspace's). Only a limit in force is summed: with none, one
-        primary-key lookup per question."""
+        primary-key lookup per question (in `session`, when the caller has one open)."""
+        if session is None:
+            async with self._sessions() as own_session:
+                await self.check(team_id=team_id, channel_id=channel_id, user_id=user_id, session=own_session)
+            return
         day = self._day()
-        async with self._sessions() as session:
-            own = await repo.get_channel_budget(session, team_id=team_id, channel_id=channel_id)
-            own_per_user = own.tokens_per_user if own is not None else None
-            per_user = self._settings.tutor_daily_tokens_per_user if own_per_user is None else own_per_user
-            per_channel = (own.tokens_per_channel or 0) if own is not None else 0
-            workspace = self._settings.tutor_daily_tokens_per_workspace
-            checks: list[tuple[str, int, str | None, str | None]] = [
-                ("user", per_user, None, user_id),
-                ("channel", per_channel, channel_id, None),
-                ("workspace", workspace, None, None),
-            ]
-            for scope, limit, channel, user in checks:
-                if not limit:
-                    continue
-                used = await repo.tokens_used(
-                    session, team_id=team_id, since=day, channel_id=channel, user_id=user
-                )
-                if used >= limit:
-                    raise self._exceeded(scope, day)
+        own = await repo.get_channel_budget(session, team_id=team_id, channel_id=channel_id)
+        own_per_user = own.tokens_per_user if own is not None else None
+        per_user = self._settings.tutor_daily_tokens_per_user if own_per_user is None else own_per_user
+        per_channel = (own.tokens_per_channel or 0) if own is not None else 0
+        workspace = self._settings.tutor_daily_tokens_per_workspace
+        checks: list[tuple[str, int, str | None, str | None]] = [
+            ("user", per_user, None, user_id),
+            ("channel", per_channel, channel_id, None),
+            ("workspace", workspace, None, None),
+        ]
+        for scope, limit, channel, user in checks:
+            if not limit:
+                continue
+            used = await repo.tokens_used(
+                session, team_id=team_id, since=day, channel_id=channel, user_id=user
+            )
+            if used >= limit:
+                raise self._exceeded(scope, day)
 
     async def limits(self, *, team_id: str, channel_id: str) -> Limits:
         async with self._sessions() as session:

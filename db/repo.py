@@ -567,9 +567,14 @@ async def note_status_shown(session: AsyncSession, run: Run, *, owner: str, at: 
     return await _leased(session, run, owner=owner, release=False, values={"status_shown_at": at})
 
 
-async def mark_creating(session: AsyncSession, run: Run, *, owner: str, started_at: datetime) -> bool:
-    """The intent, recorded before the create: from here a crash means "look for its answer"."""
+async def mark_creating(
+    session: AsyncSession, run: Run, *, owner: str, started_at: datetime, status_shown_at: datetime | None
+) -> bool:
+    """The intent, recorded before the create: from here a crash means "look for its answer".
+    With it, when the thread's status was shown (in the same commit, not one of its own)."""
     values: dict[str, object] = {"status": RunStatus.CREATING, "create_started_at": started_at}
+    if status_shown_at is not None:
+        values["status_shown_at"] = status_shown_at
     return await _leased(session, run, owner=owner, release=False, values=values)
 
 
