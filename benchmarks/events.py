@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import socket
 import statistics
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -32,8 +34,20 @@ from tests.fakes import FakeOpenAI, FakeSlack
 from tests.slack_payloads import CHANNEL, as_json, mention, new_ts, signed_headers
 
 
+@dataclass(frozen=True)
+class Served:
+    endpoint: str
+    pid: int
+
+    def cpu(self) -> float:
+        """CPU seconds the process used so far (Linux /proc)."""
+        with open(f"/proc/{self.pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.asynccontextmanager
-async def serving(command: str, url: str, slack: FakeSlack, openai: FakeOpenAI) -> AsyncIterator[str]:
+async def serving(command: str, url: str, slack: FakeSlack, openai: FakeOpenAI) -> AsyncIterator[Served]:
     """`slack-tutor web|run` as its own process (the load generator and fakes stay in this one)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -58,25 +72,28 @@ async def serving(command: str, url: str, slack: FakeSlack, openai: FakeOpenAI) 
                             break
                 except aiohttp.ClientError:
                     await asyncio.sleep(0.1)
-        yield f"http://127.0.0.1:{port}/slack/events"
+        yield Served(f"http://127.0.0.1:{port}/slack/events", process.pid)
     finally:
         process.send_signal(signal.SIGTERM)
         await process.wait()
 
 
 async def ack_latency(endpoint: str, events: int, senders: int) -> tuple[list[float], float]:
-    bodies = [as_json(mention(f"What is {i} + {i}?", ts=new_ts())) for i in range(events)]
-    queue: asyncio.Queue[str] = asyncio.Queue()
-    for body in bodies:
-        queue.put_nowait(body)
+    """Signed up front, so the load generator spends its time sending, not hashing."""
+    signed = [
+        (body, signed_headers(body))
+        for body in (as_json(mention(f"What is {i} + {i}?", ts=new_ts())) for i in range(events))
+    ]
+    queue: asyncio.Queue[tuple[str, dict[str, str]]] = asyncio.Queue()
+    for item in signed:
+        queue.put_nowait(item)
     latencies: list[float] = []
     connector = aiohttp.TCPConnector(limit=senders)
     async with aiohttp.ClientSession(connector=connector) as http:
 
         async def sender() -> None:
             while not queue.empty():
-                body = queue.get_nowait()
-                headers = signed_headers(body)
+                body, headers = queue.get_nowait()
                 began = time.perf_counter()
                 async with http.post(endpoint, data=body.encode(), headers=headers) as response:
                     await response.read()
@@ -134,14 +151,19 @@ async def main() -> None:
         url = args.database_url or f"sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}"
         await asyncio.to_thread(upgrade, url)
         async with FakeSlack() as slack, FakeOpenAI() as openai:
-            async with serving("web", url, slack, openai) as endpoint:
-                await ack_latency(endpoint, 50, 5)  # warm-up: auth.test, connection pools
-                latencies, rate = await ack_latency(endpoint, args.events, args.senders)
+            async with serving("web", url, slack, openai) as web:
+                await ack_latency(web.endpoint, 50, 5)  # warm-up: auth.test, connection pools
+                web_before, own_before = web.cpu(), time.process_time()
+                latencies, rate = await ack_latency(web.endpoint, args.events, args.senders)
+                web_cpu, own_cpu = web.cpu() - web_before, time.process_time() - own_before
             print(f"database: {url.split(':', 1)[0]}")
             print(f"ack latency with {args.senders} concurrent senders over {args.events} signed mentions:")
             p50, p99 = (percentile(latencies, p) * 1000 for p in (50, 99))
             print(f"  p50 {p50:.1f} ms   p99 {p99:.1f} ms   max {max(latencies) * 1000:.1f} ms")
-            print(f"  events accepted: {rate:.0f}/s")
+            print(
+                f"  events accepted: {rate:.0f}/s   CPU per event: web {web_cpu / args.events * 1000:.2f} ms,"
+                f" load generator and fakes {own_cpu / args.events * 1000:.2f} ms"
+            )
 
         async with FakeSlack() as slack, FakeOpenAI() as openai:
             openai.latency = 1.0
@@ -150,8 +172,8 @@ async def main() -> None:
                 await forget_runs(fresh)  # the ack phase left thousands of queued runs
             else:
                 await asyncio.to_thread(upgrade, fresh)
-            async with serving("run", fresh, slack, openai) as endpoint:
-                durations = await time_to_reply(endpoint, slack, args.replies)
+            async with serving("run", fresh, slack, openai) as served:
+                durations = await time_to_reply(served.endpoint, slack, args.replies)
             print(f"mention → reply with a 1 s fake model, {args.replies} questions:")
             print(f"  median {statistics.median(durations):.2f} s   max {max(durations):.2f} s")
 

@@ -133,9 +133,9 @@ async def main() -> None:
             await asyncio.to_thread(upgrade, url)
             async with FakeSlack() as slack, FakeOpenAI() as openai:
                 slack.process_delay = delay
-                async with serving("run", url, slack, openai) as endpoint:
-                    await completion_to_visible(endpoint, slack, openai, 1)  # warm-up: imports, fonts
-                    durations = await completion_to_visible(endpoint, slack, openai, args.answers)
+                async with serving("run", url, slack, openai) as served:
+                    await completion_to_visible(served.endpoint, slack, openai, 1)  # warm-up: imports, fonts
+                    durations = await completion_to_visible(served.endpoint, slack, openai, args.answers)
             print(
                 f"answer with 10 display equations, model done → posted in Slack "
                 f"(uploads processed after {delay:.1f} s), {args.answers} answers:"

@@ -93,9 +93,10 @@ async def create_threads(session: AsyncSession, *, rows: Sequence[dict[str, Any]
     """Create threads that don't exist yet; concurrent creators of the same key are harmless."""
     if rows:
         await session.execute(
-            _insert(session, TutorThread)
-            .values(list(rows))
-            .on_conflict_do_nothing(index_elements=["team_id", "channel_id", "thread_ts"])
+            _insert(session, TutorThread).on_conflict_do_nothing(
+                index_elements=["team_id", "channel_id", "thread_ts"]
+            ),
+            list(rows),
         )
 
 
@@ -112,14 +113,17 @@ async def activate_threads(session: AsyncSession, *, ids: Collection[int]) -> No
 async def insert_runs(
     session: AsyncSession, *, rows: Sequence[dict[str, Any]]
 ) -> dict[tuple[str, str, str], int]:
-    """Insert question runs; return {(team, channel, message_ts): run id} of those that were new."""
+    """Insert question runs; return {(team, channel, message_ts): run id} of those that were new.
+
+    The rows go as parameters of one statement (SQLAlchemy's "insertmanyvalues" batches them),
+    never as literal VALUES: a statement per batch size would be compiled again for each."""
     if not rows:
         return {}
     result = await session.execute(
         _insert(session, Run)
-        .values(list(rows))
         .on_conflict_do_nothing(index_elements=["team_id", "channel_id", "message_ts"])
-        .returning(Run.team_id, Run.channel_id, Run.message_ts, Run.id)
+        .returning(Run.team_id, Run.channel_id, Run.message_ts, Run.id),
+        list(rows),
     )
     return {(team, channel, ts): run_id for team, channel, ts, run_id in result}
 
@@ -128,9 +132,10 @@ async def insert_thread_files(session: AsyncSession, *, rows: Sequence[dict[str,
     """Attach files to threads; a file already in that thread is not attached (or uploaded) twice."""
     if rows:
         await session.execute(
-            _insert(session, ThreadFile)
-            .values(list(rows))
-            .on_conflict_do_nothing(index_elements=["thread_id", "slack_file_id"])
+            _insert(session, ThreadFile).on_conflict_do_nothing(
+                index_elements=["thread_id", "slack_file_id"]
+            ),
+            list(rows),
         )
 
 
