@@ -102,6 +102,8 @@ class Poller:
         self._cleanup_wakeup = asyncio.Event()
         self._lease = timedelta(seconds=settings.tutor_lease_seconds)
         self._active: dict[int, asyncio.Task[None]] = {}
+        #: Shutting down: no run is started any more (`_finish` leaves the next question to others).
+        self._stopping = False
         #: Runs whose lease could not be released (database down): released by the heart-beat.
         self._to_release: set[int] = set()
         self._liveness: AsyncConnection | None = None
@@ -185,10 +187,13 @@ class Poller:
                 limit=min(free, CLAIM_BATCH),
             )
         for run in runs:
-            task = asyncio.create_task(self._drive(run), name=f"run-{run.id}")
-            self._active[run.id] = task
-            task.add_done_callback(functools.partial(self._finished, run.id))
+            self._start_drive(run)
         return len(runs)
+
+    def _start_drive(self, run: Run) -> None:
+        task = asyncio.create_task(self._drive(run), name=f"run-{run.id}")
+        self._active[run.id] = task
+        task.add_done_callback(functools.partial(self._finished, run.id))
 
     def _finished(self, run_id: int, _task: asyncio.Task[None]) -> None:
         del self._active[run_id]
@@ -321,6 +326,7 @@ class Poller:
 
     async def _hand_back(self) -> None:
         """Shutdown: finish what finishes within the grace period, release the rest to the next worker."""
+        self._stopping = True  # finishing runs hand their thread's next question back, not on
         running = list(self._active.values())
         if running:
             _, pending = await asyncio.wait(running, timeout=self._settings.tutor_shutdown_grace)
@@ -805,7 +811,28 @@ class Poller:
         return utcnow() + timedelta(seconds=seconds)
 
     async def _finish(self, run: Run, *, failed: bool) -> None:
-        await self._change(run, lambda s: repo.finish_run(s, run, owner=self.owner, failed=failed))
+        """The run is over; the next question of its thread, when it is due and nobody holds it,
+        is leased in the same commit and driven next by this worker (its slot passes on): no
+        claim round, and no notification for every worker to race for it."""
+        now = utcnow()
+        chain = not self._stopping
+
+        async def transition(session: AsyncSession) -> Run | None:
+            after = (
+                await leases.claim_next_in_thread(
+                    session, run, owner=self.owner, now=now, lease_until=now + self._lease
+                )
+                if chain
+                else None
+            )
+            if not await repo.finish_run(session, run, owner=self.owner, failed=failed):
+                raise LeaseLost(run.id)  # the next question's lease is rolled back with it
+            return after
+
+        async with self._sessions.begin() as session:
+            after = await transition(session)
+        if after is not None:
+            self._start_drive(after)
 
     async def _fence(self, run: Run) -> None:
         """LeaseLost unless this worker's claim on `run` still stands (owner and generation)."""

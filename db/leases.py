@@ -146,6 +146,44 @@ async def claim_due_runs(
     return sorted(claimed.all(), key=lambda run: run.next_attempt_at)
 
 
+async def claim_next_in_thread(
+    session: AsyncSession, run: Run, *, owner: str, now: datetime, lease_until: datetime
+) -> Run | None:
+    """Lease the question after `run` in its thread, if it is due and nobody holds it: the worker
+    finishing `run` drives it next, in the commit that finishes `run` (so no claim round, and no
+    notification that wakes every worker to look for it; migration 0012).
+
+    `run` is the oldest unfinished question of its thread, so the next one by `message_ts` is the
+    one `claim_due_runs` would give out; the lease is the same compare-and-set (a worker that
+    leased it meanwhile keeps it: none is returned)."""
+    query = (
+        select(Run.id)
+        .where(
+            Run.thread_id == run.thread_id,
+            Run.id != run.id,
+            Run.status.in_(ACTIVE_STATUSES),
+        )
+        .order_by(Run.message_ts)
+        .limit(1)
+    )
+    # Not SKIP LOCKED: a row locked for another reason must not let the one after it jump the queue.
+    candidate = await session.scalar(query)
+    if candidate is None:
+        return None
+    claimed = await session.scalars(
+        update(Run)
+        .where(
+            Run.id == candidate,
+            Run.next_attempt_at <= now,
+            or_(Run.lease_expires_at.is_(None), Run.lease_expires_at < now),
+        )
+        .values(lease_owner=owner, lease_expires_at=lease_until, lease_generation=Run.lease_generation + 1)
+        .returning(Run)
+        .execution_options(synchronize_session=False)
+    )
+    return claimed.one_or_none()
+
+
 class LeaseLost(Exception):
     """Another worker took the run over (our lease expired, or the run was claimed again since our
     claim): stop touching it, in the database and in Slack."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -109,14 +110,57 @@ async def test_work_becoming_claimable_notifies_and_waiting_work_does_not(
         assert woken.count == seen + 2
         seen = woken.count
 
-        # Released and due (a rescued or handed-back run) wakes; so does a finished run.
+        # Released and due (a rescued or handed-back run) wakes.
         await _set(database, run_id, lease_owner="worker-a")
         await _set(database, run_id, lease_owner=None, next_attempt_at=utcnow())
         await woken.more_than(seen)
+        assert listener.notifications >= 4
+    finally:
+        await _stop(task)
+
+
+async def _thread_of(engine: AsyncEngine, count: int) -> list[int]:
+    """A thread with `count` queued questions, in the order they were asked."""
+    thread = await new_thread(engine)
+    runs = [await new_run(engine, thread) for _ in range(count)]
+    for position, run_id in enumerate(runs):
+        await _set(engine, run_id, message_ts=f"1700000000.{position:06d}{run_id}")
+    return runs
+
+
+async def test_a_finished_run_wakes_the_workers_only_for_a_question_nobody_holds(
+    database: AsyncEngine, postgres_url: str
+) -> None:
+    chained = await _thread_of(database, 2)
+    last = await _thread_of(database, 1)
+    waiting = await _thread_of(database, 2)
+    _listener, woken, task = await _listening(postgres_url)
+    try:
+        await woken.more_than(0)  # it looks once as soon as it listens
         seen = woken.count
-        await _set(database, run_id, status="done", finished_at=utcnow())
+        soon = utcnow() + timedelta(seconds=60)
+
+        # The finishing worker leased its thread's next question in the same commit: nobody to wake.
+        async with database.begin() as connection:
+            await connection.execute(
+                update(Run).where(Run.id == chained[1]).values(lease_owner="worker-a", lease_expires_at=soon)
+            )
+            await connection.execute(
+                update(Run)
+                .where(Run.id == chained[0])
+                .values(status="done", finished_at=utcnow(), lease_owner=None, lease_expires_at=None)
+            )
+        # The last question of its thread: nothing left to claim.
+        await _set(database, last[0], status="done", finished_at=utcnow())
+        # Shown by commit order: the next wake-up is the clean-up's, and there is one.
+        await _queue_cleanup(database)
         await woken.more_than(seen)
-        assert listener.notifications >= 5
+        assert woken.count == seen + 1
+        seen = woken.count
+
+        # A next question nobody holds: the workers are woken to claim it.
+        await _set(database, waiting[0], status="done", finished_at=utcnow())
+        await woken.more_than(seen)
     finally:
         await _stop(task)
 
