@@ -7,6 +7,9 @@ Two rules (../shared/docs/slack.md, rate limits):
   it: Slack's Retry-After is the workspace's, so a second run calling at once would only earn
   another 429. A 429 on one way of posting a new message (`chat.postMessage`, `chat.startStream`)
   holds both.
+
+Slack's limits are per workspace: in distribution mode each workspace has a Pacer of its own
+(`sibling`), so one workspace's 429 never holds another's answers.
 """
 
 from __future__ import annotations
@@ -51,6 +54,10 @@ class Pacer:
         self._channels: dict[str, _Bucket] = {}
         #: 429s seen, by method (metrics, tests).
         self.rate_limited: dict[str, int] = {}
+
+    def sibling(self) -> Pacer:
+        """A pacer with the same pace and none of this one's holds: another workspace's."""
+        return Pacer(rate=self._rate, burst=int(self._burst), clock=self._clock)
 
     def block(self, method: str, seconds: float) -> None:
         """Slack said Retry-After `seconds` for `method`: nobody in this process calls it before."""

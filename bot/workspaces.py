@@ -4,9 +4,10 @@ Single-workspace mode (SLACK_BOT_TOKEN): one gateway for everything, exactly as 
 mode (SLACK_CLIENT_ID + SLACK_CLIENT_SECRET): each workspace that installed the app through
 `/slack/install` has its own bot token in `slack_bots` (written by slack_sdk's
 AsyncSQLAlchemyInstallationStore at `/slack/oauth_redirect`), and `InstalledWorkspaces.gateway`
-returns a SlackGateway bound to that token alone, cached per workspace, sharing the process's
-Pacer and metrics. A gateway is only ever looked up by the team id of the run or request it
-serves, so one workspace's token never reaches another's channels.
+returns a SlackGateway bound to that token alone, cached per workspace, with the workspace's own
+Pacer (Slack's rate limits are per workspace) and the process's metrics. A gateway is only ever
+looked up by the team id of the run or request it serves, so one workspace's token never reaches
+another's channels.
 
 Tokens with rotation (`token_rotation_enabled`) are refreshed through oauth.v2.access
 (grant_type=refresh_token, slack_sdk's AsyncTokenRotator) when they expire within
@@ -90,6 +91,8 @@ class InstalledWorkspaces:
             client_id=client_id, client_secret=client_secret, client=self.app_client
         )
         self._gateways: dict[str, SlackGateway] = {}
+        #: Each workspace's own Slack rate limits (`Pacer.sibling`), kept across token changes.
+        self._pacers: dict[str, Pacer] = {}
         self._retired: list[SlackGateway] = []
         self._refreshing: dict[str, asyncio.Lock] = {}
 
@@ -132,10 +135,9 @@ class InstalledWorkspaces:
             return cached
         if cached is not None:
             self._retired.append(cached)  # a run may still hold it; closed at shutdown
+        pacer = self._pacers.get(team_id) or self._pacers.setdefault(team_id, self._pacer.sibling())
         gateway = SlackGateway(
-            make_web_client(bot.bot_token, self._api_url, pacer=self._pacer),
-            metrics=self._metrics,
-            pacer=self._pacer,
+            make_web_client(bot.bot_token, self._api_url, pacer=pacer), metrics=self._metrics, pacer=pacer
         )
         self._gateways[team_id] = gateway
         return gateway

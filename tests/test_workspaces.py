@@ -142,6 +142,34 @@ async def test_two_workspaces_are_each_answered_with_their_own_token(start_bot: 
     assert {c.bearer for c in bot.slack.calls("files.getUploadURLExternal")} == {token_a}
 
 
+async def test_one_workspaces_429_does_not_hold_another_workspaces_answers(start_bot: BotFactory) -> None:
+    bot = await _distribution_bot(start_bot)
+    await _install(bot, TEAM_A)
+    await _install(bot, TEAM_B)
+    bot.openai.latency = 0.1
+    refusal = {"ok": False, "error": "ratelimited"}
+    bot.slack.fail_next("chat.startStream", status=429, body=refusal, headers={"Retry-After": "5"})
+    ts_a = new_ts()
+    await bot.send(_in(TEAM_A, CHANNEL_A, bot, "Question A", ts=ts_a))
+    (refused,) = await wait_for(lambda: bot.slack.calls("chat.startStream"), message="A's refused stream")
+    ts_b = new_ts()
+    await bot.send(_in(TEAM_B, CHANNEL_B, bot, "Question B", ts=ts_b))
+    await bot.wait_runs_finished(2, within=30)
+
+    def new_messages(channel: str) -> list[float]:
+        return [
+            call.received_at - refused.received_at
+            for method in ("chat.startStream", "chat.postMessage")
+            for call in bot.slack.calls(method)
+            if call.args.get("channel") == channel
+        ]
+
+    # Workspace A waited the 5 s its Retry-After asked for; workspace B was not held by it.
+    assert min(t for t in new_messages(CHANNEL_A) if t > 0) >= 4.95
+    assert max(new_messages(CHANNEL_B)) < 4.0
+    assert bot.slack.messages(CHANNEL_A, ts_a) and bot.slack.messages(CHANNEL_B, ts_b)
+
+
 async def test_a_workspace_that_never_installed_is_acked_and_ignored(
     start_bot: BotFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
