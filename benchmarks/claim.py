@@ -7,7 +7,8 @@ Fills a fresh database with `--finished` finished runs (100 per thread, as a lon
 leaves them) and `--active` due questions, then times `claim_due_runs` (32 at a time, rolled back so
 every round sees the same queue), `dead_owners` and one retention batch, with the partial indexes
 of migration 0006 and without them (dropped: the table as it was before). Prints p50/p99 and the
-EXPLAIN ANALYZE plan of each query.
+EXPLAIN ANALYZE plan of each query. "next in thread" is the hand-over of a finishing worker
+to its thread's next question (`claim_next_in_thread`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from benchmarks.events import percentile
 from db import leases, repo
 from db.migrate import upgrade
-from db.models import utcnow
+from db.models import Run, utcnow
 from db.session import make_engine, make_sessionmaker
 
 PARTIAL_INDEXES = ("ix_runs_active", "ix_runs_active_thread", "ix_runs_finished")
@@ -96,9 +97,16 @@ async def plan_of(engine: AsyncEngine, sessions: Any, query: Callable[[AsyncSess
     return plan
 
 
-async def measure(engine: AsyncEngine, rounds: int, label: str) -> None:
+async def measure(engine: AsyncEngine, rounds: int, label: str, *, chained_thread: int) -> None:
     sessions = make_sessionmaker(engine)
     now = utcnow()
+    # A run just finished in a thread whose next question is due (migration 0012's hand-over).
+    finishing = Run(id=-1, thread_id=chained_thread)
+
+    async def chained(session: AsyncSession) -> Any:
+        return await leases.claim_next_in_thread(
+            session, finishing, owner="bench", now=utcnow(), lease_until=utcnow()
+        )
 
     async def claim(session: AsyncSession) -> Any:
         return await leases.claim_due_runs(
@@ -114,12 +122,13 @@ async def measure(engine: AsyncEngine, rounds: int, label: str) -> None:
     print(f"{label}:")
     for name, query, count in (
         ("claim 32", claim, rounds),
+        ("next in thread", chained, rounds),
         ("rescue scan", rescue, rounds),
         ("prune 500", prune, 20),
     ):
         durations = await timed(count, query, sessions)
         p50, p99 = (percentile(durations, p) * 1000 for p in (50, 99))
-        print(f"  {name:<12} p50 {p50:7.2f} ms   p99 {p99:7.2f} ms   ({count} rounds)")
+        print(f"  {name:<14} p50 {p50:7.2f} ms   p99 {p99:7.2f} ms   ({count} rounds)")
         print(await plan_of(engine, sessions, query))
 
 
@@ -137,19 +146,25 @@ async def main() -> None:
     admin = await asyncpg.connect(args.postgres)
     await admin.execute(f'CREATE DATABASE "{name}"')
     url = args.postgres.rsplit("/", 1)[0] + f"/{name}"
-    engine = make_engine(url)
+    engine = make_engine(url + "?command_timeout=900")  # filling 1 M rows outlasts the 30 s default
     try:
         await asyncio.to_thread(upgrade, url)
         began = time.perf_counter()
         await fill(engine, finished=args.finished, active=args.active)
         filled = time.perf_counter() - began
         print(f"{args.finished:,} finished runs and {args.active} active ones in {filled:.0f} s")
-        await measure(engine, args.rounds, "with the partial indexes (migration 0006)")
+        # fill(): the active threads come after the finished ones; an even one has a due question.
+        chained_thread = max(1, args.finished // 100) + 2
+        await measure(
+            engine, args.rounds, "with the partial indexes (migration 0006)", chained_thread=chained_thread
+        )
         async with engine.begin() as connection:
             for index in PARTIAL_INDEXES:
                 await connection.exec_driver_sql(f"DROP INDEX {index}")
             await connection.exec_driver_sql("ANALYZE runs")
-        await measure(engine, args.rounds, "without them (the indexes before 0006)")
+        await measure(
+            engine, args.rounds, "without them (the indexes before 0006)", chained_thread=chained_thread
+        )
     finally:
         await engine.dispose()
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
