@@ -236,6 +236,8 @@ async def drain(args: argparse.Namespace, workers: int) -> None:
                     f"Answer to {ts}" not in text for ts, text in zip(questions, texts, strict=False)
                 ):
                     wrong += 1
+                    if wrong <= 3:  # what went wrong, for the first few
+                        print(f"     {channel} asked {questions}, got {[t[:60] for t in texts]}")
             answered_at = finished
         latencies = [answered_at[ts] - acked[ts] for ts in acked if ts in answered_at]
         p50, p99 = (percentile(latencies, p) for p in (50, 99))

@@ -50,6 +50,7 @@ from db import leases, repo
 from db.leases import LeaseLost
 from db.models import Run, RunKind, RunStatus, ThreadFile, utcnow
 from db.notify import WorkListener
+from db.session import unavailable
 
 log = logging.getLogger(__name__)
 
@@ -372,7 +373,9 @@ class Poller:
                 await self._on_error(run, exc)
             except (LeaseLost, asyncio.CancelledError):
                 raise
-            except SQLAlchemyError as exc:
+            except (SQLAlchemyError, OSError) as exc:
+                if unavailable(exc):
+                    raise  # not the run's fault: released below and retried as it is, no attempt spent
                 log.warning("run %s: database error in step %s: %s", run.id, run.status, _describe(exc))
                 await self._on_error(run, errors.InternalError(type(exc).__name__))
             except Exception as exc:

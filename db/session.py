@@ -18,6 +18,7 @@ from typing import Any
 
 import aiosqlite
 from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.sqlite.aiosqlite import SQLiteDialect_aiosqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DisconnectionError
@@ -260,6 +261,30 @@ def network_reason(exc: BaseException) -> str | None:
         if isinstance(cause, OSError):
             return f"a network error ({cause.strerror or type(cause).__name__})"
     return None
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says the database can't be reached right now (a connection refused, cut or
+    timed out, the pool's connections all taken), not that a statement is wrong: the work is
+    retried as it is, later, rather than counted as a failed attempt. asyncpg's connect timeouts
+    and refusals reach us unwrapped, as TimeoutError and ConnectionError."""
+    if isinstance(exc, sa_exc.TimeoutError | sa_exc.InterfaceError):
+        return True
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        if isinstance(exc, sa_exc.OperationalError):
+            # PostgreSQL: connection exceptions (08…), shutting down / starting up (57P…), too many
+            # connections; SQLite: another writer holds the lock. Not "no such table" and the like.
+            state = str(getattr(exc.orig, "sqlstate", "") or "")
+            text = str(exc.orig).lower()
+            return (
+                state.startswith(("08", "57P"))
+                or state == TOO_MANY_CONNECTIONS
+                or ("database is locked" in text or "database is busy" in text)
+            )
+        return False
+    return isinstance(exc, TimeoutError | ConnectionError)
 
 
 def connection_problem(url: str | URL, exc: BaseException) -> str | None:

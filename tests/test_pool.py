@@ -72,3 +72,32 @@ async def test_a_connection_used_a_moment_ago_is_not_pinged(
 
     await _backend_pid(engine)  # the pool was invalidated: the next checkout connects afresh
     assert proxy.accepted == 2
+
+
+async def test_a_busy_pool_and_a_refused_connect_count_as_unavailable_a_bad_statement_does_not(
+    postgres_url: str,
+) -> None:
+    """What the run-poller retries as it is (`db.session.unavailable`) rather than spending an
+    attempt on: real failures, from a real pool and server."""
+    engine = db_session.make_engine(postgres_url, pool_size=1, max_overflow=0, pool_timeout=0.1)
+    refused = db_session.make_engine(make_url(postgres_url).set(port=1).render_as_string(hide_password=False))
+    try:
+        async with engine.connect() as held:
+            await held.execute(text("SELECT 1"))
+            with pytest.raises(Exception) as busy:
+                async with engine.connect():
+                    pass
+        assert db_session.unavailable(busy.value), busy.value
+
+        with pytest.raises(Exception) as down:
+            async with refused.connect():
+                pass
+        assert db_session.unavailable(down.value), down.value
+
+        async with engine.connect() as connection:
+            with pytest.raises(DBAPIError) as wrong:
+                await connection.execute(text("SELECT no_such_column FROM pg_class"))
+        assert not db_session.unavailable(wrong.value)
+    finally:
+        await engine.dispose()
+        await refused.dispose()
