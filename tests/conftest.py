@@ -145,7 +145,10 @@ def make_settings(database_url: str, slack: FakeSlack, openai: FakeOpenAI, **ove
         "openai_api_key": openai.api_key,
         "openai_base_url": openai.base_url,
         "database_url": database_url,
-        "tutor_poll_interval": 0.05,
+        # Runs a question starts are woken at once; the poll finds retries, cleanups and runs
+        # whose lease ran out. Every poll is two transactions: at 0.05 s an idle bot took a third
+        # of a CPU, which the test and the other tests' bots were waiting for.
+        "tutor_poll_interval": 0.2,
         "tutor_lease_seconds": 5.0,
         # Slack's ~1 post/s per channel would make every test that answers a few questions in
         # one channel wait; tests/test_pacing.py turns it back on.
@@ -204,7 +207,7 @@ class Bot:
                 return runs
             if asyncio.get_running_loop().time() > deadline:
                 raise AssertionError(f"runs not finished in {within}s: {[(r.id, r.status) for r in runs]}")
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.05)  # each look is a transaction, competing with the bot's
 
 
 BotFactory = Callable[..., Awaitable[Bot]]
