@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import compileall
+import concurrent.futures
+import contextlib
 import os
 import shutil
 import uuid
@@ -73,21 +75,71 @@ async def _postgres_reachable() -> bool:
     return True
 
 
-@pytest_asyncio.fixture
-async def postgres_url() -> AsyncIterator[str]:
-    """A fresh, empty PostgreSQL database, dropped afterwards."""
+def _postgres_database_url(name: str) -> str:
+    return PG_ADMIN_URL.replace("postgresql://", "postgresql+asyncpg://").rsplit("/", 1)[0] + f"/{name}"
+
+
+@contextlib.asynccontextmanager
+async def _fresh_postgres_database(template: str | None = None) -> AsyncIterator[str]:
+    """A database of its own (a copy of `template`, if given), dropped afterwards."""
     import asyncpg
 
     if not await _postgres_reachable():
         pytest.skip(f"PostgreSQL is not reachable at {PG_ADMIN_URL}")
     name = f"tutor_test_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(PG_ADMIN_URL)
-    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
     try:
-        yield PG_ADMIN_URL.replace("postgresql://", "postgresql+asyncpg://").rsplit("/", 1)[0] + f"/{name}"
+        yield _postgres_database_url(name)
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+@pytest_asyncio.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """A fresh, empty PostgreSQL database, dropped afterwards."""
+    async with _fresh_postgres_database() as url:
+        yield url
+
+
+def _in_a_thread(work: Callable[[], Any]) -> Any:
+    """Run blocking work (Alembic, asyncio.run) away from any event loop of pytest-asyncio's."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(work).result()
+
+
+@pytest.fixture(scope="session")
+def postgres_template() -> Iterator[str]:
+    """A PostgreSQL database migrated to head once per test process, the template that
+    `migrated_postgres_url` copies (CREATE DATABASE … TEMPLATE): creating a database and migrating
+    it cost ~1 s a test. The migrations themselves run from an empty database in
+    tests/test_migrations.py, tests/test_db_urls.py, and in the process tests' `slack-tutor run`."""
+    import asyncpg
+
+    async def admin(sql: str) -> None:
+        connection = await asyncpg.connect(PG_ADMIN_URL)
+        try:
+            await connection.execute(sql)
+        finally:
+            await connection.close()
+
+    if not _in_a_thread(lambda: asyncio.run(_postgres_reachable())):
+        pytest.skip(f"PostgreSQL is not reachable at {PG_ADMIN_URL}")
+    name = f"tutor_template_{uuid.uuid4().hex[:12]}"
+    _in_a_thread(lambda: asyncio.run(admin(f'CREATE DATABASE "{name}"')))
+    try:
+        _in_a_thread(lambda: upgrade(_postgres_database_url(name)))
+        yield name
+    finally:
+        _in_a_thread(lambda: asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')))
+
+
+@pytest_asyncio.fixture
+async def migrated_postgres_url(postgres_template: str) -> AsyncIterator[str]:
+    """A fresh PostgreSQL database at the migrations' head, this test's own, dropped afterwards."""
+    async with _fresh_postgres_database(template=postgres_template) as url:
+        yield url
 
 
 #: The test's SQLite file, in its tmp_path.

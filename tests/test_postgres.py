@@ -6,7 +6,6 @@ import asyncio
 
 import pytest
 
-from db.migrate import upgrade
 from tests.conftest import Bot, BotFactory
 from tests.fakes import Chart, Turn
 from tests.slack_payloads import CHANNEL, file_share, mention, message, new_ts, slash_command
@@ -16,9 +15,8 @@ pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
-async def pg_bot(start_bot: BotFactory, postgres_url: str) -> Bot:
-    await asyncio.to_thread(upgrade, postgres_url)
-    return await start_bot(url=postgres_url)
+async def pg_bot(start_bot: BotFactory, migrated_postgres_url: str) -> Bot:
+    return await start_bot(url=migrated_postgres_url)
 
 
 async def test_mention_follow_up_and_duplicates(pg_bot: Bot) -> None:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import html
 import json
 import logging
@@ -24,7 +23,6 @@ from bot.doctor import run_checks
 from bot.errors import ConfigError
 from bot.manifest import BOT_SCOPES
 from bot.workspaces import InstalledWorkspaces
-from db.migrate import upgrade
 from db.models import slack_bots, slack_installations
 from tests.conftest import Bot, BotFactory
 from tests.fakes import Chart, Turn, wait_for
@@ -333,9 +331,10 @@ async def test_doctor_checks_each_installation_without_printing_a_secret(
 
 
 @pytest.mark.postgres
-async def test_installs_rotation_and_uninstall_on_postgres(start_bot: BotFactory, postgres_url: str) -> None:
-    await asyncio.to_thread(upgrade, postgres_url)
-    bot = await _distribution_bot(start_bot, url=postgres_url)
+async def test_installs_rotation_and_uninstall_on_postgres(
+    start_bot: BotFactory, migrated_postgres_url: str
+) -> None:
+    bot = await _distribution_bot(start_bot, url=migrated_postgres_url)
     await _install(bot, TEAM_A, rotation=True)
     token_b = await _install(bot, TEAM_B)
     await _expire(bot, TEAM_A)
