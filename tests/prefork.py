@@ -218,13 +218,37 @@ PRELOAD = (
 )
 
 
-def _serve() -> dict[str, Any]:
-    """Fork a child per request. Returns only in a child, with its request."""
+def _preload() -> tuple[bytes, bytes]:
+    """Import PRELOAD; what the imports wrote to stdout and stderr (each child writes it again, as
+    a process that imported them itself would have)."""
     import importlib
+    import tempfile
+
+    captured: list[bytes] = []
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        saved = os.dup(1), os.dup(2)
+        os.dup2(out.fileno(), 1)
+        os.dup2(err.fileno(), 2)
+        try:
+            for module in PRELOAD:
+                importlib.import_module(module)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, target in zip(saved, (1, 2), strict=True):
+                os.dup2(fd, target)
+                os.close(fd)
+        for file in (out, err):
+            file.seek(0)
+            captured.append(file.read())
+    return captured[0], captured[1]
+
+
+def _serve() -> tuple[dict[str, Any], tuple[bytes, bytes]]:
+    """Fork a child per request. Returns only in a child: its request, and the imports' output."""
     import select
 
-    for module in PRELOAD:
-        importlib.import_module(module)
+    preamble = _preload()
     # The protocol on fds of its own; 0 and 1 point at /dev/null until a child points them elsewhere.
     requests, answers = os.dup(0), os.dup(1)
     null = os.open(os.devnull, os.O_RDWR)
@@ -282,12 +306,12 @@ def _serve() -> dict[str, Any]:
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 for fd in (requests, answers, wake_r, wake_w):
                     os.close(fd)
-                return dict(request)
+                return dict(request), preamble
             children.add(pid)
             answer({"id": request["id"], "pid": pid})
 
 
-def _become(request: dict[str, Any]) -> None:
+def _become(request: dict[str, Any], preamble: tuple[bytes, bytes]) -> None:
     """In a child: take the request's place and run bot/__main__.py as `python -m bot` would."""
     import runpy
 
@@ -297,6 +321,9 @@ def _become(request: dict[str, Any]) -> None:
     for fd, target in ((stdin, 0), (stdout, 1), (stderr, 2)):
         os.dup2(fd, target)
         os.close(fd)
+    for target, output in zip((1, 2), preamble, strict=True):
+        if output:
+            os.write(target, output)
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
@@ -306,4 +333,4 @@ def _become(request: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    _become(_serve())
+    _become(*_serve())
