@@ -43,6 +43,32 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             compileall.compile_dir(REPO / package, quiet=1)
 
 
+#: The modules with the longest tests (real processes, real outages, model "thinking" time), longest
+#: first: run first, with xdist handing out one test at a time (--maxschedchunk=1 in pyproject.toml),
+#: so `-n 2` ends on short tests on both workers instead of one worker finishing a long one alone.
+SLOW_FIRST = (
+    "test_scale.py",
+    "test_db_outage.py",
+    "test_pacing.py",
+    "test_deploy.py",
+    "test_live_answers.py",
+    "test_cli.py",
+    "test_rescue.py",
+    "test_exactly_once.py",
+    "test_db_urls.py",
+    "test_hygiene_inbox.py",
+    "test_doctor.py",
+    "test_migrations.py",
+    "test_resilience.py",
+    "test_edge_socket_mode.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
 @pytest.fixture(scope="session")
 def zygote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zygote]:
     """Starts `python -m bot …` processes as forks of one process that imported the app once
