@@ -12,21 +12,23 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
 import pytest_asyncio
 from aiohttp import web
-from sqlalchemy import select
 
-from bot.app import Components, build, web_app
-from bot.config import Settings
-from db.migrate import upgrade
-from db.models import Run
 from tests.fakes import FakeOpenAI, FakeSlack
 from tests.prefork import Zygote
 from tests.slack_payloads import FORM, SIGNING_SECRET, as_json, signed_headers
+
+# The app is imported where it is used: this file is also loaded by the process that only starts
+# the xdist workers, and importing the app (~4 s of CPU) there held up their start.
+if TYPE_CHECKING:
+    from bot.app import Components
+    from bot.config import Settings
+    from db.models import Run
 
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -155,6 +157,8 @@ def postgres_template() -> Iterator[str]:
     name = f"tutor_template_{uuid.uuid4().hex[:12]}"
     _in_a_thread(lambda: asyncio.run(admin(f'CREATE DATABASE "{name}"')))
     try:
+        from db.migrate import upgrade
+
         _in_a_thread(lambda: upgrade(_postgres_database_url(name)))
         yield name
     finally:
@@ -183,6 +187,8 @@ def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
     a migration run per test cost 0.2-0.5 s. The migrations themselves are tested from an empty
     database in tests/test_migrations.py, and `slack-tutor run` migrates its own in the process tests."""
     path = tmp_path_factory.mktemp("migrated") / SQLITE_FILE
+    from db.migrate import upgrade
+
     upgrade(f"sqlite+aiosqlite:///{path}")
     # Every connection is closed: WAL was checkpointed into the file, which alone is the database.
     assert not path.with_name(path.name + "-wal").exists()
@@ -216,6 +222,8 @@ def process_env(slack: FakeSlack, openai: FakeOpenAI, **extra: str) -> dict[str,
 
 
 def make_settings(database_url: str, slack: FakeSlack, openai: FakeOpenAI, **overrides: Any) -> Settings:
+    from bot.config import Settings
+
     values: dict[str, Any] = {
         "slack_bot_token": slack.bot_token,
         "slack_signing_secret": SIGNING_SECRET,
@@ -274,6 +282,10 @@ class Bot:
         return await self.post(body, signed_headers(body, content_type=FORM))
 
     async def runs(self) -> list[Run]:
+        from sqlalchemy import select
+
+        from db.models import Run
+
         async with self.components.sessions() as session:
             return list((await session.scalars(select(Run).order_by(Run.id))).all())
 
@@ -301,6 +313,8 @@ async def start_bot(
 
     async def start(*, with_worker: bool = True, url: str | None = None, **overrides: Any) -> Bot:
         settings = make_settings(url or database_url, fake_slack, fake_openai, **overrides)
+        from bot.app import build, web_app
+
         components = build(settings)
         runner = web.AppRunner(web_app(components, with_worker=with_worker), access_log=None)
         await runner.setup()
