@@ -125,9 +125,13 @@ async def _fresh_postgres_database(template: str | None = None) -> AsyncIterator
 
 
 @pytest_asyncio.fixture
-async def postgres_url() -> AsyncIterator[str]:
-    """A fresh, empty PostgreSQL database, dropped afterwards."""
-    async with _fresh_postgres_database() as url:
+async def postgres_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """A fresh PostgreSQL database, dropped afterwards: empty, or already at the migrations' head
+    (a copy of `postgres_template`) for a test marked `migrated_postgres`, whose own `upgrade`
+    then finds nothing to do."""
+    migrated = request.node.get_closest_marker("migrated_postgres") is not None
+    template = str(request.getfixturevalue("postgres_template")) if migrated else None
+    async with _fresh_postgres_database(template=template) as url:
         yield url
 
 
@@ -139,10 +143,11 @@ def _in_a_thread(work: Callable[[], Any]) -> Any:
 
 @pytest.fixture(scope="session")
 def postgres_template() -> Iterator[str]:
-    """A PostgreSQL database migrated to head once per test process, the template that
-    `migrated_postgres_url` copies (CREATE DATABASE … TEMPLATE): creating a database and migrating
-    it cost ~1 s a test. The migrations themselves run from an empty database in
-    tests/test_migrations.py, tests/test_db_urls.py, and in the process tests' `slack-tutor run`."""
+    """A PostgreSQL database migrated to head once per test process, which `postgres_url` copies
+    (CREATE DATABASE … TEMPLATE) for the tests marked `migrated_postgres`: creating a database and
+    migrating it cost ~1.3 s a test, the copy ~0.6 s. The migrations themselves still run from an
+    empty database in the tests left unmarked (test_migrations, test_db_urls, test_deploy, and
+    test_rescue's restarts, whose `slack-tutor run` migrates it)."""
     import asyncpg
 
     async def admin(sql: str) -> None:
@@ -163,13 +168,6 @@ def postgres_template() -> Iterator[str]:
         yield name
     finally:
         _in_a_thread(lambda: asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')))
-
-
-@pytest_asyncio.fixture
-async def migrated_postgres_url(postgres_template: str) -> AsyncIterator[str]:
-    """A fresh PostgreSQL database at the migrations' head, this test's own, dropped afterwards."""
-    async with _fresh_postgres_database(template=postgres_template) as url:
-        yield url
 
 
 #: The test's SQLite file, in its tmp_path.

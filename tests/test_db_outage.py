@@ -15,6 +15,7 @@ import pytest
 import pytest_asyncio
 from sqlalchemy.engine import make_url
 
+from db.migrate import upgrade
 from tests.fakes import FakeOpenAI, FakeSlack, wait_for
 from tests.slack_payloads import CHANNEL, as_json, mention, new_ts
 from tests.tcp_proxy import TcpProxy
@@ -22,7 +23,8 @@ from tests.test_rescue import CREATE, BotProcess, Processes, RunsTable, processe
 
 __all__ = ["processes"]  # the fixture, shared with test_rescue
 
-pytestmark = pytest.mark.postgres
+#: Their databases start migrated (a copy of conftest's template); their own upgrade finds nothing to do.
+pytestmark = [pytest.mark.postgres, pytest.mark.migrated_postgres]
 
 OUTAGE = 10.0
 #: Every /healthz must answer within this, outage or not: a load balancer's probe has a timeout.
@@ -34,9 +36,10 @@ TRACEBACK = "Traceback (most recent call last)"
 
 
 @pytest_asyncio.fixture
-async def db_proxy(migrated_postgres_url: str) -> AsyncIterator[tuple[TcpProxy, str]]:
+async def db_proxy(postgres_url: str) -> AsyncIterator[tuple[TcpProxy, str]]:
     """A migrated database, a proxy in front of it, and the database URL through the proxy."""
-    url = make_url(migrated_postgres_url)
+    await asyncio.to_thread(upgrade, postgres_url)
+    url = make_url(postgres_url)
     async with TcpProxy(url.host or "127.0.0.1", url.port or 5432) as proxy:
         yield proxy, url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
 
@@ -92,12 +95,12 @@ async def test_database_outage_is_survived_and_every_question_answered_once(
     blackhole: bool,
     processes: Processes,
     db_proxy: tuple[TcpProxy, str],
-    migrated_postgres_url: str,
+    postgres_url: str,
     fake_slack: FakeSlack,
     fake_openai: FakeOpenAI,
 ) -> None:
     proxy, through_proxy = db_proxy
-    runs_table = RunsTable(migrated_postgres_url)
+    runs_table = RunsTable(postgres_url)
     try:
         bot = await processes.start_web("run", through_proxy)
         probe = Probe(processes, bot)

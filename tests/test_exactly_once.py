@@ -16,6 +16,9 @@ from tests.fakes import Chart, FakeOpenAI, FakeSlack, Turn, wait_for
 from tests.prefork import ProcessLike, Zygote
 from tests.slack_payloads import CHANNEL, mention, new_ts
 
+#: Its PostgreSQL databases start migrated (a copy of conftest's template); upgrade finds nothing to do.
+pytestmark = pytest.mark.migrated_postgres
+
 INTERNAL_ERROR = {"ok": False, "error": "internal_error"}
 
 
@@ -143,10 +146,13 @@ async def test_ambiguous_create_is_reconciled_not_repeated(start_bot: BotFactory
 
 @pytest.mark.postgres
 async def test_two_workers_on_postgres_answer_each_question_once(
-    start_bot: BotFactory, migrated_postgres_url: str
+    start_bot: BotFactory, postgres_url: str
 ) -> None:
-    first = await start_bot(url=migrated_postgres_url)
-    await start_bot(url=migrated_postgres_url)  # a second process-like worker on the same database
+    from db.migrate import upgrade
+
+    await asyncio.to_thread(upgrade, postgres_url)
+    first = await start_bot(url=postgres_url)
+    await start_bot(url=postgres_url)  # a second process-like worker on the same database
     first.openai.latency = 0.1
     roots = [new_ts() for _ in range(12)]
     await asyncio.gather(*(first.send(mention(f"Question {i}", ts=ts)) for i, ts in enumerate(roots)))

@@ -13,6 +13,7 @@ from sqlalchemy import insert, update
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from db.migrate import upgrade
 from db.models import Cleanup, Run, utcnow
 from db.notify import WorkListener
 from tests.fakes import FakeOpenAI, wait_for
@@ -21,7 +22,8 @@ from tests.slack_payloads import as_json, mention, new_ts
 from tests.tcp_proxy import TcpProxy
 from tests.test_rescue import Processes, processes  # noqa: F401  (fixture)
 
-pytestmark = pytest.mark.postgres
+#: Their databases start migrated (a copy of conftest's template); their own upgrade finds nothing to do.
+pytestmark = [pytest.mark.postgres, pytest.mark.migrated_postgres]
 
 #: Far longer than any hand-off may take: a worker that waited for its poll would miss it.
 IDLE_POLL = "30"
@@ -41,8 +43,9 @@ class Woken:
 
 
 @pytest_asyncio.fixture
-async def database(migrated_postgres_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(migrated_postgres_url, poolclass=NullPool)
+async def database(postgres_url: str) -> AsyncIterator[AsyncEngine]:
+    await asyncio.to_thread(upgrade, postgres_url)
+    engine = create_async_engine(postgres_url, poolclass=NullPool)
     yield engine
     await engine.dispose()
 
@@ -77,9 +80,9 @@ async def _queue_cleanup(engine: AsyncEngine) -> None:
 
 
 async def test_work_becoming_claimable_notifies_and_waiting_work_does_not(
-    database: AsyncEngine, migrated_postgres_url: str
+    database: AsyncEngine, postgres_url: str
 ) -> None:
-    listener, woken, task = await _listening(migrated_postgres_url)
+    listener, woken, task = await _listening(postgres_url)
     try:
         await woken.more_than(0)  # it looks once as soon as it listens
         seen = woken.count
@@ -119,12 +122,10 @@ async def test_work_becoming_claimable_notifies_and_waiting_work_does_not(
         await _stop(task)
 
 
-async def test_the_listen_connection_comes_back_after_a_cut(
-    database: AsyncEngine, migrated_postgres_url: str
-) -> None:
+async def test_the_listen_connection_comes_back_after_a_cut(database: AsyncEngine, postgres_url: str) -> None:
     async with TcpProxy("127.0.0.1", 5432) as proxy:
-        through_proxy = migrated_postgres_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
-        assert through_proxy != migrated_postgres_url
+        through_proxy = postgres_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        assert through_proxy != postgres_url
         listener, woken, task = await _listening(through_proxy)
         try:
             await proxy.cut()
@@ -140,11 +141,9 @@ async def test_the_listen_connection_comes_back_after_a_cut(
             await _stop(task)
 
 
-async def test_a_blackholed_listen_connection_is_noticed(
-    database: AsyncEngine, migrated_postgres_url: str
-) -> None:
+async def test_a_blackholed_listen_connection_is_noticed(database: AsyncEngine, postgres_url: str) -> None:
     async with TcpProxy("127.0.0.1", 5432) as proxy:
-        through_proxy = migrated_postgres_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        through_proxy = postgres_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
         listener, _woken, task = await _listening(through_proxy)
         try:
             await proxy.cut(blackhole=True)  # no reset: only the liveness check can tell
@@ -158,12 +157,12 @@ async def test_a_blackholed_listen_connection_is_noticed(
 async def test_a_question_stored_by_web_wakes_a_separate_worker_at_once(
     processes: Processes,  # noqa: F811
     database: AsyncEngine,
-    migrated_postgres_url: str,
+    postgres_url: str,
     fake_openai: FakeOpenAI,
     tmp_path: Path,
 ) -> None:
-    web = await processes.start_web("web", migrated_postgres_url)
-    worker = await processes.start("worker", migrated_postgres_url, TUTOR_POLL_INTERVAL=IDLE_POLL)
+    web = await processes.start_web("web", postgres_url)
+    worker = await processes.start("worker", postgres_url, TUTOR_POLL_INTERVAL=IDLE_POLL)
     await processes.wait_logged(worker, "listening for new work")
     await processes.wait_logged(worker, "run-poller", "started")
     assert await processes.send(web, as_json(mention("What is 6 x 7?", ts=new_ts()))) == 200

@@ -15,11 +15,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 
 from bot.files import SharedFile
 from bot.inbox import Inbox, Question
+from db.migrate import upgrade
 from db.models import Run, ThreadFile
 from db.session import make_engine, make_sessionmaker
 from tests.conftest import Bot, BotFactory
 from tests.fakes import wait_for
 from tests.slack_payloads import CHANNEL, mention, new_ts
+
+#: Its PostgreSQL databases start migrated (a copy of conftest's template); upgrade finds nothing to do.
+pytestmark = pytest.mark.migrated_postgres
 
 GOOD = 15
 
@@ -33,8 +37,9 @@ def _stored(runs: list[Run]) -> set[str]:
 
 
 @pytest.fixture
-async def pg_bot(migrated_postgres_url: str, start_bot: BotFactory) -> Bot:
-    return await start_bot(url=migrated_postgres_url)
+async def pg_bot(postgres_url: str, start_bot: BotFactory) -> Bot:
+    await asyncio.to_thread(upgrade, postgres_url)
+    return await start_bot(url=postgres_url)
 
 
 @pytest.mark.postgres
@@ -166,8 +171,9 @@ async def test_inbox_retries_a_failed_batch_one_by_one(sessions: async_sessionma
 
 
 @pytest.mark.postgres
-async def test_inbox_retries_a_failed_batch_one_by_one_on_postgres(migrated_postgres_url: str) -> None:
-    engine = make_engine(migrated_postgres_url)
+async def test_inbox_retries_a_failed_batch_one_by_one_on_postgres(postgres_url: str) -> None:
+    await asyncio.to_thread(upgrade, postgres_url)
+    engine = make_engine(postgres_url)
     sessions = make_sessionmaker(engine)
     try:
         async with sessions.begin() as session:

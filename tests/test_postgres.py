@@ -6,17 +6,20 @@ import asyncio
 
 import pytest
 
+from db.migrate import upgrade
 from tests.conftest import Bot, BotFactory
 from tests.fakes import Chart, Turn
 from tests.slack_payloads import CHANNEL, file_share, mention, message, new_ts, slash_command
 from tests.test_files import _csv
 
-pytestmark = pytest.mark.postgres
+#: Their databases start migrated (a copy of conftest's template); their own upgrade finds nothing to do.
+pytestmark = [pytest.mark.postgres, pytest.mark.migrated_postgres]
 
 
 @pytest.fixture
-async def pg_bot(start_bot: BotFactory, migrated_postgres_url: str) -> Bot:
-    return await start_bot(url=migrated_postgres_url)
+async def pg_bot(start_bot: BotFactory, postgres_url: str) -> Bot:
+    await asyncio.to_thread(upgrade, postgres_url)
+    return await start_bot(url=postgres_url)
 
 
 async def test_mention_follow_up_and_duplicates(pg_bot: Bot) -> None:

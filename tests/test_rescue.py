@@ -25,6 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from db.migrate import upgrade
 from db.models import Run
 from tests.conftest import process_env
 from tests.fakes import FakeOpenAI, FakeSlack, wait_for
@@ -368,13 +369,15 @@ async def start_worker(processes: Processes, postgres_url: str, **env: str) -> B
 
 
 @pytest.mark.postgres
+@pytest.mark.migrated_postgres  # its database starts migrated: upgrade finds nothing to do
 async def test_dead_worker_is_rescued_by_the_live_one_within_5s(
-    processes: Processes, migrated_postgres_url: str, fake_slack: FakeSlack, fake_openai: FakeOpenAI
+    processes: Processes, postgres_url: str, fake_slack: FakeSlack, fake_openai: FakeOpenAI
 ) -> None:
-    runs_table = RunsTable(migrated_postgres_url)
+    await asyncio.to_thread(upgrade, postgres_url)
+    runs_table = RunsTable(postgres_url)
     try:
-        web = await processes.start_web("web", migrated_postgres_url)
-        workers = await asyncio.gather(*(start_worker(processes, migrated_postgres_url) for _ in range(2)))
+        web = await processes.start_web("web", postgres_url)
+        workers = await asyncio.gather(*(start_worker(processes, postgres_url) for _ in range(2)))
         ts = await ask_and_hold_stream(processes, web, fake_openai, "What is 9 - 2?")
         owner = (await wait_streaming(runs_table, ts)).lease_owner
         holders = [w for w in workers if w.pid == lease_pid(owner)]
@@ -394,18 +397,20 @@ async def test_dead_worker_is_rescued_by_the_live_one_within_5s(
 
 
 @pytest.mark.postgres
+@pytest.mark.migrated_postgres  # its database starts migrated: upgrade finds nothing to do
 async def test_live_slow_worker_keeps_its_run(
-    processes: Processes, migrated_postgres_url: str, fake_slack: FakeSlack, fake_openai: FakeOpenAI
+    processes: Processes, postgres_url: str, fake_slack: FakeSlack, fake_openai: FakeOpenAI
 ) -> None:
     """A worker stuck in a slow call is alive: a newly started worker must not take its run."""
-    runs_table = RunsTable(migrated_postgres_url)
+    await asyncio.to_thread(upgrade, postgres_url)
+    runs_table = RunsTable(postgres_url)
     try:
-        web = await processes.start_web("web", migrated_postgres_url)
+        web = await processes.start_web("web", postgres_url)
         # Its model thinks until the watch below is over, however long the second worker takes to start.
-        slow = await start_worker(processes, migrated_postgres_url, TUTOR_OPENAI_TIMEOUT="120")
+        slow = await start_worker(processes, postgres_url, TUTOR_OPENAI_TIMEOUT="120")
         ts = await ask_and_hold_stream(processes, web, fake_openai, "What is 5 * 6?", thinks=3600.0)
         assert lease_pid((await wait_streaming(runs_table, ts)).lease_owner) == slow.pid
-        await start_worker(processes, migrated_postgres_url)
+        await start_worker(processes, postgres_url)
 
         # Longer than any rescue may take: the live worker's run must stay its own throughout.
         watch_until = time.monotonic() + RESCUE_WITHIN + 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -13,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.retention import LOCK_KEY, Retention
 from db import repo
+from db.migrate import upgrade
 from db.models import Cleanup, Delivery, Document, Run, ThreadFile, TutorThread, VectorStore, utcnow
 from db.session import make_engine
 from tests.conftest import Bot, BotFactory
@@ -22,6 +24,9 @@ from tests.slack_payloads import CHANNEL, TEAM, file_share, mention, message, ne
 from tests.test_documents import WORKSHEET
 from tests.test_files import _csv
 
+#: Its PostgreSQL databases start migrated (a copy of conftest's template); upgrade finds nothing to do.
+pytestmark = pytest.mark.migrated_postgres
+
 NOW = datetime(2027, 3, 1, 12, 0, tzinfo=utcnow().tzinfo)
 OLD = NOW - timedelta(days=40)
 RECENT = NOW - timedelta(days=10)
@@ -29,16 +34,12 @@ RECENT = NOW - timedelta(days=10)
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def backend_url(request: pytest.FixtureRequest) -> str:
-    """A database at the migrations' head: a SQLite file, or a PostgreSQL database."""
-    return str(
-        request.getfixturevalue(
-            {"sqlite": "database_url", "postgres": "migrated_postgres_url"}[request.param]
-        )
-    )
+    return str(request.getfixturevalue(f"{request.param}_url"))
 
 
 @pytest_asyncio.fixture
 async def engine(backend_url: str) -> AsyncIterator[AsyncEngine]:
+    await asyncio.to_thread(upgrade, backend_url)
     engine = make_engine(backend_url)
     yield engine
     await engine.dispose()
@@ -109,8 +110,9 @@ async def test_only_what_is_old_is_pruned_in_batches(engine: AsyncEngine) -> Non
 
 
 @pytest.mark.postgres
-async def test_one_worker_at_a_time_prunes(migrated_postgres_url: str) -> None:
-    engine = make_engine(migrated_postgres_url)
+async def test_one_worker_at_a_time_prunes(postgres_url: str) -> None:
+    await asyncio.to_thread(upgrade, postgres_url)
+    engine = make_engine(postgres_url)
     try:
         thread = await new_thread(engine)
         await _run(engine, thread, status="done", at=OLD)
@@ -163,11 +165,10 @@ async def test_retention_deletes_an_old_thread_at_openai_and_in_the_database(sta
 
 
 @pytest.mark.postgres
-async def test_retention_deletes_an_old_thread_on_postgres(
-    start_bot: BotFactory, migrated_postgres_url: str
-) -> None:
+async def test_retention_deletes_an_old_thread_on_postgres(start_bot: BotFactory, postgres_url: str) -> None:
     # PostgreSQL checks column lengths ("vector_store_file" did not fit cleanups.kind before 0011).
-    await _old_thread_is_deleted(await start_bot(url=migrated_postgres_url, tutor_document_max_pages=1))
+    await asyncio.to_thread(upgrade, postgres_url)
+    await _old_thread_is_deleted(await start_bot(url=postgres_url, tutor_document_max_pages=1))
 
 
 async def _old_thread_is_deleted(bot: Bot) -> None:

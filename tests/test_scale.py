@@ -12,6 +12,7 @@ import signal
 
 import pytest
 
+from db.migrate import upgrade
 from tests.fakes import Chart, FakeOpenAI, FakeSlack, Turn, wait_for
 from tests.slack_payloads import CHANNEL, as_json, mention, message, new_ts
 from tests.test_pacing import _answer_naming_the_question, _new_messages
@@ -24,12 +25,14 @@ from tests.test_rescue import (  # noqa: F401  (processes is a fixture)
     start_worker,
 )
 
-pytestmark = pytest.mark.postgres
+#: Their databases start migrated (a copy of conftest's template); their own upgrade finds nothing to do.
+pytestmark = [pytest.mark.postgres, pytest.mark.migrated_postgres]
 
 FAST = {"TUTOR_POLL_INTERVAL": "0.2"}
 
 
 async def _production(processes: Processes, url: str) -> tuple[BotProcess, list[BotProcess]]:  # noqa: F811
+    await asyncio.to_thread(upgrade, url)
     web = await processes.start_web("web", url)
     workers = list(await asyncio.gather(*(start_worker(processes, url, **FAST) for _ in range(2))))
     return web, workers
@@ -45,13 +48,13 @@ async def _holder(runs: RunsTable, ts: str, workers: list[BotProcess]) -> tuple[
 
 async def test_200_questions_at_two_web_processes_answered_once_each_in_order(
     processes: Processes,  # noqa: F811
-    migrated_postgres_url: str,
+    postgres_url: str,
     fake_slack: FakeSlack,
     fake_openai: FakeOpenAI,
 ) -> None:
     """Each question also reaches a second web process at the same moment, as Slack's retry."""
-    web, _workers = await _production(processes, migrated_postgres_url)
-    other_web = await processes.start_web("web", migrated_postgres_url)
+    web, _workers = await _production(processes, postgres_url)
+    other_web = await processes.start_web("web", postgres_url)
     fake_openai.script = _answer_naming_the_question
     fake_openai.latency = 0.05
     asked: dict[tuple[str, str], list[str]] = {}
@@ -72,7 +75,7 @@ async def test_200_questions_at_two_web_processes_answered_once_each_in_order(
             await both(as_json(message(f"Q{n} of {i}", ts=ts, thread_ts=root, channel=channel)))
 
     await asyncio.gather(*(thread(i) for i in range(40)))
-    runs = RunsTable(migrated_postgres_url)
+    runs = RunsTable(postgres_url)
     try:
         assert len(await runs.rows()) == 200  # one run per question, whichever process stored it
         await runs.wait_finished(200, within=90)
@@ -87,13 +90,13 @@ async def test_200_questions_at_two_web_processes_answered_once_each_in_order(
 
 async def test_workers_killed_after_a_post_and_mid_upload_deliver_each_once(
     processes: Processes,  # noqa: F811
-    migrated_postgres_url: str,
+    postgres_url: str,
     fake_slack: FakeSlack,
     fake_openai: FakeOpenAI,
 ) -> None:
-    web, workers = await _production(processes, migrated_postgres_url)
+    web, workers = await _production(processes, postgres_url)
     fake_openai.latency = 0.1
-    runs = RunsTable(migrated_postgres_url)
+    runs = RunsTable(postgres_url)
     try:
         # 1. Slack starts the answer's message but answers late: the worker dies before it can record it.
         fake_slack.delay_next("chat.startStream", 2.0)
@@ -106,7 +109,7 @@ async def test_workers_killed_after_a_post_and_mid_upload_deliver_each_once(
         assert len(fake_slack.messages(CHANNEL, posted)) == 1
 
         # 2. The second chart's bytes are on their way when the worker holding the run dies.
-        workers = [survivor, await start_worker(processes, migrated_postgres_url, **FAST)]
+        workers = [survivor, await start_worker(processes, postgres_url, **FAST)]
         fake_openai.queue(Turn(text="Two charts.", charts=[Chart("first.png"), Chart("second.png")]))
         fake_slack.delay_next("/upload/v1/", 0.0)
         fake_slack.delay_next("/upload/v1/", 3.0)
@@ -127,18 +130,17 @@ async def test_workers_killed_after_a_post_and_mid_upload_deliver_each_once(
 
 async def test_a_worker_frozen_past_its_lease_touches_nothing_once_thawed(
     processes: Processes,  # noqa: F811
-    migrated_postgres_url: str,
+    postgres_url: str,
     fake_slack: FakeSlack,
     fake_openai: FakeOpenAI,
 ) -> None:
     """SIGSTOP the worker while Slack holds its call closing the streamed answer; the other worker
     takes over when the lease runs out and finishes the answer; SIGCONT: the thawed worker makes
     no further Slack call and changes nothing."""
-    web = await processes.start_web("web", migrated_postgres_url)
+    await asyncio.to_thread(upgrade, postgres_url)
+    web = await processes.start_web("web", postgres_url)
     lease = {"TUTOR_LEASE_SECONDS": "2", **FAST}
-    workers = list(
-        await asyncio.gather(*(start_worker(processes, migrated_postgres_url, **lease) for _ in range(2)))
-    )
+    workers = list(await asyncio.gather(*(start_worker(processes, postgres_url, **lease) for _ in range(2))))
     fake_openai.latency = 0.5
     fake_openai.queue(Turn(text="The answer is 42, and here is why: six times seven.", code=None))
     # Slack holds the first worker's close of its stream: longer than the lease (the other worker
@@ -148,7 +150,7 @@ async def test_a_worker_frozen_past_its_lease_touches_nothing_once_thawed(
     ts = new_ts()
     assert await processes.send(web, as_json(mention("What is 6 x 7?", ts=ts))) == 200
     await wait_for(lambda: fake_slack.calls("chat.stopStream"), timeout=20, message="the stream closing")
-    runs = RunsTable(migrated_postgres_url)
+    runs = RunsTable(postgres_url)
     try:
         frozen, other = await _holder(runs, ts, workers)
         frozen.process.send_signal(signal.SIGSTOP)

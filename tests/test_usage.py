@@ -3,6 +3,7 @@ person and workspace (`/tutor usage`); daily budgets stop a question before it r
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -15,12 +16,16 @@ from bot.pricing import estimated_cost
 from bot.retention import Retention
 from bot.usage import Figures, Period, UsageLedger, UsageReport
 from db import repo
+from db.migrate import upgrade
 from db.models import Run, UsageRecord
 from tests.conftest import Bot, BotFactory
 from tests.fakes import wait_for
 from tests.slack_payloads import ALICE, CHANNEL, mention, new_ts
 from tests.test_commands import _command
 from tests.test_exactly_once import INTERNAL_ERROR
+
+#: Its PostgreSQL databases start migrated (a copy of conftest's template); upgrade finds nothing to do.
+pytestmark = pytest.mark.migrated_postgres
 
 BOB = "U0BOB"
 PHYSICS = "C0PHYS"
@@ -237,8 +242,9 @@ def test_prices_come_from_one_table_and_unknown_models_have_no_cost() -> None:
 
 
 @pytest.mark.postgres
-async def test_usage_and_budgets_on_postgres(start_bot: BotFactory, migrated_postgres_url: str) -> None:
-    bot = await start_bot(url=migrated_postgres_url)
+async def test_usage_and_budgets_on_postgres(start_bot: BotFactory, postgres_url: str) -> None:
+    await asyncio.to_thread(upgrade, postgres_url)
+    bot = await start_bot(url=postgres_url)
     await test_a_channels_own_budget_applies_in_that_channel_only(bot)
     answered = [run for run in await bot.runs() if run.response_id]
     assert len(await _records(bot)) == len(answered) == 3

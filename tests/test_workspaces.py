@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
 import logging
@@ -23,10 +24,14 @@ from bot.doctor import run_checks
 from bot.errors import ConfigError
 from bot.manifest import BOT_SCOPES
 from bot.workspaces import InstalledWorkspaces
+from db.migrate import upgrade
 from db.models import slack_bots, slack_installations
 from tests.conftest import Bot, BotFactory
 from tests.fakes import Chart, Turn, wait_for
 from tests.slack_payloads import envelope, mention, new_ts
+
+#: Its PostgreSQL databases start migrated (a copy of conftest's template); upgrade finds nothing to do.
+pytestmark = pytest.mark.migrated_postgres
 
 TEAM_A, CHANNEL_A = "T0AAA", "C0AAA"
 TEAM_B, CHANNEL_B = "T0BBB", "C0BBB"
@@ -331,10 +336,9 @@ async def test_doctor_checks_each_installation_without_printing_a_secret(
 
 
 @pytest.mark.postgres
-async def test_installs_rotation_and_uninstall_on_postgres(
-    start_bot: BotFactory, migrated_postgres_url: str
-) -> None:
-    bot = await _distribution_bot(start_bot, url=migrated_postgres_url)
+async def test_installs_rotation_and_uninstall_on_postgres(start_bot: BotFactory, postgres_url: str) -> None:
+    await asyncio.to_thread(upgrade, postgres_url)
+    bot = await _distribution_bot(start_bot, url=postgres_url)
     await _install(bot, TEAM_A, rotation=True)
     token_b = await _install(bot, TEAM_B)
     await _expire(bot, TEAM_A)
