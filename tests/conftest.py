@@ -46,8 +46,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 #: The modules with the longest tests (real processes, real outages, model "thinking" time), longest
-#: first: run first, with xdist handing out one test at a time (--maxschedchunk=1 in pyproject.toml),
-#: so `-n 2` ends on short tests on both workers instead of one worker finishing a long one alone.
+#: first: they start first, and the last tests handed out to the workers are short ones, so `-n 2`
+#: doesn't end with one worker finishing a long test alone.
 SLOW_FIRST = (
     "test_scale.py",
     "test_db_outage.py",
@@ -65,10 +65,40 @@ SLOW_FIRST = (
     "test_edge_socket_mode.py",
 )
 
+#: The tests of real bot processes killed, frozen or cut off at a chosen moment, against timers
+#: (leases, "within 5 s"): one worker runs them one after another, as when they sat together in
+#: the alphabetical order, so that two of them never starve each other of CPU on 2 cores. Node id
+#: prefixes; a test renamed out of them is only scheduled like any other.
+PROCESS_TESTS = (
+    "tests/test_scale.py::",
+    "tests/test_rescue.py::",
+    "tests/test_db_outage.py::",
+    "tests/test_handoff.py::test_a_question_stored_by_web_wakes_a_separate_worker_at_once",
+    "tests/test_exactly_once.py::test_worker_killed_",
+    "tests/test_live_answers.py::test_kill_9_mid_stream_",
+)
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: i for i, name in enumerate(SLOW_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`-n 2` (xdist's "load"): PROCESS_TESTS are one unit of work, sent first to one worker; every
+    other test is a unit of its own, handed out in collection order (SLOW_FIRST) as a worker runs
+    low. (`--dist loadgroup` would do this with xdist_group marks, but with pytest 9.2 it no longer
+    groups anything: pytest-dev/pytest-xdist#1386.)"""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "processes" if nodeid.startswith(PROCESS_TESTS) else nodeid
+
+    # LoadScopeScheduling queues the biggest unit first; the others keep the collection's order.
+    return Scheduling(config, log)
 
 
 @pytest.fixture(scope="session")
