@@ -4,26 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import compileall
+import concurrent.futures
+import contextlib
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
 import pytest_asyncio
 from aiohttp import web
-from sqlalchemy import select
 
-from bot.app import Components, build, web_app
-from bot.config import Settings
-from db.migrate import upgrade
-from db.models import Run
 from tests.fakes import FakeOpenAI, FakeSlack
+from tests.prefork import Zygote
 from tests.slack_payloads import FORM, SIGNING_SECRET, as_json, signed_headers
+
+# The app is imported where it is used: this file is also loaded by the process that only starts
+# the xdist workers, and importing the app (~4 s of CPU) there held up their start.
+if TYPE_CHECKING:
+    from bot.app import Components
+    from bot.config import Settings
+    from db.models import Run
 
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -38,6 +43,71 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if not hasattr(session.config, "workerinput"):
         for package in ("bot", "db", "migrations"):
             compileall.compile_dir(REPO / package, quiet=1)
+
+
+#: The modules with the longest tests (real processes, real outages, model "thinking" time), longest
+#: first: they start first, and the last tests handed out to the workers are short ones, so `-n 2`
+#: doesn't end with one worker finishing a long test alone.
+SLOW_FIRST = (
+    "test_scale.py",
+    "test_db_outage.py",
+    "test_pacing.py",
+    "test_deploy.py",
+    "test_live_answers.py",
+    "test_cli.py",
+    "test_rescue.py",
+    "test_exactly_once.py",
+    "test_db_urls.py",
+    "test_hygiene_inbox.py",
+    "test_doctor.py",
+    "test_migrations.py",
+    "test_resilience.py",
+    "test_edge_socket_mode.py",
+)
+
+#: The tests of real bot processes killed, frozen or cut off at a chosen moment, against timers
+#: (leases, "within 5 s"): one worker runs them one after another, as when they sat together in
+#: the alphabetical order, so that two of them never starve each other of CPU on 2 cores. Node id
+#: prefixes; a test renamed out of them is only scheduled like any other.
+PROCESS_TESTS = (
+    "tests/test_scale.py::",
+    "tests/test_rescue.py::",
+    "tests/test_db_outage.py::",
+    "tests/test_handoff.py::test_a_question_stored_by_web_wakes_a_separate_worker_at_once",
+    "tests/test_exactly_once.py::test_worker_killed_",
+    "tests/test_live_answers.py::test_kill_9_mid_stream_",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`-n 2` (xdist's "load"): PROCESS_TESTS are one unit of work, sent first to one worker; every
+    other test is a unit of its own, handed out in collection order (SLOW_FIRST) as a worker runs
+    low. (`--dist loadgroup` would do this with xdist_group marks, but with pytest 9.2 it no longer
+    groups anything: pytest-dev/pytest-xdist#1386.)"""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "processes" if nodeid.startswith(PROCESS_TESTS) else nodeid
+
+    # LoadScopeScheduling queues the biggest unit first; the others keep the collection's order.
+    return Scheduling(config, log)
+
+
+@pytest.fixture(scope="session")
+def zygote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zygote]:
+    """Starts `python -m bot …` processes as forks of one process that imported the app once
+    (tests/prefork.py): each process saves ~4 s of CPU. Started on first use, one per test process."""
+    server = Zygote(tmp_path_factory.getbasetemp() / "zygote.log")
+    yield server
+    server.close()
 
 
 @pytest_asyncio.fixture
@@ -63,21 +133,71 @@ async def _postgres_reachable() -> bool:
     return True
 
 
-@pytest_asyncio.fixture
-async def postgres_url() -> AsyncIterator[str]:
-    """A fresh, empty PostgreSQL database, dropped afterwards."""
+def _postgres_database_url(name: str) -> str:
+    return PG_ADMIN_URL.replace("postgresql://", "postgresql+asyncpg://").rsplit("/", 1)[0] + f"/{name}"
+
+
+@contextlib.asynccontextmanager
+async def _fresh_postgres_database(template: str | None = None) -> AsyncIterator[str]:
+    """A database of its own (a copy of `template`, if given), dropped afterwards."""
     import asyncpg
 
     if not await _postgres_reachable():
         pytest.skip(f"PostgreSQL is not reachable at {PG_ADMIN_URL}")
     name = f"tutor_test_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(PG_ADMIN_URL)
-    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
     try:
-        yield PG_ADMIN_URL.replace("postgresql://", "postgresql+asyncpg://").rsplit("/", 1)[0] + f"/{name}"
+        yield _postgres_database_url(name)
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+@pytest_asyncio.fixture
+async def postgres_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """A fresh PostgreSQL database, dropped afterwards: empty, or already at the migrations' head
+    (a copy of `postgres_template`) for a test marked `migrated_postgres`, whose own `upgrade`
+    then finds nothing to do."""
+    migrated = request.node.get_closest_marker("migrated_postgres") is not None
+    template = str(request.getfixturevalue("postgres_template")) if migrated else None
+    async with _fresh_postgres_database(template=template) as url:
+        yield url
+
+
+def _in_a_thread(work: Callable[[], Any]) -> Any:
+    """Run blocking work (Alembic, asyncio.run) away from any event loop of pytest-asyncio's."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(work).result()
+
+
+@pytest.fixture(scope="session")
+def postgres_template() -> Iterator[str]:
+    """A PostgreSQL database migrated to head once per test process, which `postgres_url` copies
+    (CREATE DATABASE … TEMPLATE) for the tests marked `migrated_postgres`: creating a database and
+    migrating it cost ~1.3 s a test, the copy ~0.6 s. The migrations themselves still run from an
+    empty database in the tests left unmarked (test_migrations, test_db_urls, test_deploy, and
+    test_rescue's restarts, whose `slack-tutor run` migrates it)."""
+    import asyncpg
+
+    async def admin(sql: str) -> None:
+        connection = await asyncpg.connect(PG_ADMIN_URL)
+        try:
+            await connection.execute(sql)
+        finally:
+            await connection.close()
+
+    if not _in_a_thread(lambda: asyncio.run(_postgres_reachable())):
+        pytest.skip(f"PostgreSQL is not reachable at {PG_ADMIN_URL}")
+    name = f"tutor_template_{uuid.uuid4().hex[:12]}"
+    _in_a_thread(lambda: asyncio.run(admin(f'CREATE DATABASE "{name}"')))
+    try:
+        from db.migrate import upgrade
+
+        _in_a_thread(lambda: upgrade(_postgres_database_url(name)))
+        yield name
+    finally:
+        _in_a_thread(lambda: asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')))
 
 
 #: The test's SQLite file, in its tmp_path.
@@ -95,6 +215,8 @@ def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
     a migration run per test cost 0.2-0.5 s. The migrations themselves are tested from an empty
     database in tests/test_migrations.py, and `slack-tutor run` migrates its own in the process tests."""
     path = tmp_path_factory.mktemp("migrated") / SQLITE_FILE
+    from db.migrate import upgrade
+
     upgrade(f"sqlite+aiosqlite:///{path}")
     # Every connection is closed: WAL was checkpointed into the file, which alone is the database.
     assert not path.with_name(path.name + "-wal").exists()
@@ -128,6 +250,8 @@ def process_env(slack: FakeSlack, openai: FakeOpenAI, **extra: str) -> dict[str,
 
 
 def make_settings(database_url: str, slack: FakeSlack, openai: FakeOpenAI, **overrides: Any) -> Settings:
+    from bot.config import Settings
+
     values: dict[str, Any] = {
         "slack_bot_token": slack.bot_token,
         "slack_signing_secret": SIGNING_SECRET,
@@ -135,7 +259,10 @@ def make_settings(database_url: str, slack: FakeSlack, openai: FakeOpenAI, **ove
         "openai_api_key": openai.api_key,
         "openai_base_url": openai.base_url,
         "database_url": database_url,
-        "tutor_poll_interval": 0.05,
+        # Runs a question starts are woken at once; the poll finds retries, cleanups and runs
+        # whose lease ran out. Every poll is two transactions: at 0.05 s an idle bot took a third
+        # of a CPU, which the test and the other tests' bots were waiting for.
+        "tutor_poll_interval": 0.2,
         "tutor_lease_seconds": 5.0,
         # Slack's ~1 post/s per channel would make every test that answers a few questions in
         # one channel wait; tests/test_pacing.py turns it back on.
@@ -183,6 +310,10 @@ class Bot:
         return await self.post(body, signed_headers(body, content_type=FORM))
 
     async def runs(self) -> list[Run]:
+        from sqlalchemy import select
+
+        from db.models import Run
+
         async with self.components.sessions() as session:
             return list((await session.scalars(select(Run).order_by(Run.id))).all())
 
@@ -194,7 +325,7 @@ class Bot:
                 return runs
             if asyncio.get_running_loop().time() > deadline:
                 raise AssertionError(f"runs not finished in {within}s: {[(r.id, r.status) for r in runs]}")
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.05)  # each look is a transaction, competing with the bot's
 
 
 BotFactory = Callable[..., Awaitable[Bot]]
@@ -210,6 +341,8 @@ async def start_bot(
 
     async def start(*, with_worker: bool = True, url: str | None = None, **overrides: Any) -> Bot:
         settings = make_settings(url or database_url, fake_slack, fake_openai, **overrides)
+        from bot.app import build, web_app
+
         components = build(settings)
         runner = web.AppRunner(web_app(components, with_worker=with_worker), access_log=None)
         await runner.setup()

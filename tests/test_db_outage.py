@@ -23,7 +23,8 @@ from tests.test_rescue import CREATE, BotProcess, Processes, RunsTable, processe
 
 __all__ = ["processes"]  # the fixture, shared with test_rescue
 
-pytestmark = pytest.mark.postgres
+#: Their databases start migrated (a copy of conftest's template); their own upgrade finds nothing to do.
+pytestmark = [pytest.mark.postgres, pytest.mark.migrated_postgres]
 
 OUTAGE = 10.0
 #: Every /healthz must answer within this, outage or not: a load balancer's probe has a timeout.

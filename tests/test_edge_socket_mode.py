@@ -1,4 +1,5 @@
-"""Socket Mode as an operator meets it: real `python -m bot run` processes against the fake Slack.
+"""Socket Mode as an operator meets it: real `python -m bot run` processes against the fake Slack
+(forked from one that imported the app: tests/prefork.py).
 
 Slack unreachable: /healthz answers 503 while the bot keeps trying, and SIGTERM/SIGINT stop it
 promptly. A token Slack refuses: exit code 2 and one sentence. Connected: /healthz is 200.
@@ -10,7 +11,6 @@ import asyncio
 import logging
 import signal
 import socket
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import pytest
 
 from tests.conftest import BotFactory, process_env
 from tests.fakes import FakeOpenAI, FakeSlack, wait_for
+from tests.prefork import ProcessLike, Zygote
 from tests.slack_payloads import envelope, mention
 
 
@@ -28,11 +29,9 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def _start(cwd: Path, env: dict[str, str]) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", "run", cwd=cwd, env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+async def _start(zygote: Zygote, cwd: Path, env: dict[str, str]) -> ProcessLike:
+    """`python -m bot run` (tests/prefork.py); its stderr in cwd/run.err."""
+    return await zygote.start(["run"], cwd=cwd, env=env, stdout=None, stderr=cwd / "run.err")
 
 
 async def _health(port: int) -> tuple[int, dict[str, Any]] | None:
@@ -43,14 +42,13 @@ async def _health(port: int) -> tuple[int, dict[str, Any]] | None:
         return None
 
 
-async def _stderr(process: asyncio.subprocess.Process) -> str:
-    assert process.stderr is not None
-    return (await process.stderr.read()).decode()
+def _stderr(cwd: Path) -> str:
+    return (cwd / "run.err").read_text()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 async def test_unreachable_slack_serves_503_and_stops_on_a_signal(
-    tmp_path: Path, fake_slack: FakeSlack, fake_openai: FakeOpenAI, signum: signal.Signals
+    tmp_path: Path, fake_slack: FakeSlack, fake_openai: FakeOpenAI, zygote: Zygote, signum: signal.Signals
 ) -> None:
     port = _free_port()
     env = process_env(
@@ -60,14 +58,14 @@ async def test_unreachable_slack_serves_503_and_stops_on_a_signal(
         SLACK_APP_TOKEN=fake_slack.app_token,
         SLACK_API_URL=f"http://127.0.0.1:{_free_port()}/api/",  # nothing listens there
     )
-    process = await _start(tmp_path, env)
+    process = await _start(zygote, tmp_path, env)
     try:
         health = await wait_for(lambda: _health(port), timeout=30, message="/healthz never served")
         assert health == (503, {"ok": False, "database": "ok", "worker": True, "slack": "connecting"})
         process.send_signal(signum)
         await asyncio.wait_for(process.wait(), 10)
         assert process.returncode == 0
-        logs = await _stderr(process)
+        logs = _stderr(tmp_path)
         assert "Traceback" not in logs
         assert "Socket Mode: connection attempt 1 failed" in logs
         assert fake_slack.app_token not in logs
@@ -78,17 +76,17 @@ async def test_unreachable_slack_serves_503_and_stops_on_a_signal(
 
 
 async def test_a_refused_app_token_exits_2_with_one_sentence(
-    tmp_path: Path, fake_slack: FakeSlack, fake_openai: FakeOpenAI
+    tmp_path: Path, fake_slack: FakeSlack, fake_openai: FakeOpenAI, zygote: Zygote
 ) -> None:
     env = process_env(fake_slack, fake_openai, PORT=str(_free_port()), SLACK_APP_TOKEN="xapp-wrong-token")
-    process = await _start(tmp_path, env)
+    process = await _start(zygote, tmp_path, env)
     try:
         await asyncio.wait_for(process.wait(), 30)
     finally:
         if process.returncode is None:
             process.kill()
             await process.wait()
-    logs = await _stderr(process)
+    logs = _stderr(tmp_path)
     assert process.returncode == 2, logs
     assert "Traceback" not in logs
     sentence = [line for line in logs.splitlines() if "SLACK_APP_TOKEN" in line]
@@ -99,11 +97,11 @@ async def test_a_refused_app_token_exits_2_with_one_sentence(
 
 
 async def test_connected_process_is_healthy(
-    tmp_path: Path, fake_slack: FakeSlack, fake_openai: FakeOpenAI
+    tmp_path: Path, fake_slack: FakeSlack, fake_openai: FakeOpenAI, zygote: Zygote
 ) -> None:
     port = _free_port()
     env = process_env(fake_slack, fake_openai, PORT=str(port), SLACK_APP_TOKEN=fake_slack.app_token)
-    process = await _start(tmp_path, env)
+    process = await _start(zygote, tmp_path, env)
     try:
 
         async def healthy() -> bool:
@@ -117,7 +115,7 @@ async def test_connected_process_is_healthy(
         process.send_signal(signal.SIGTERM)
         await asyncio.wait_for(process.wait(), 10)
         assert process.returncode == 0
-        assert "Traceback" not in await _stderr(process)
+        assert "Traceback" not in _stderr(tmp_path)
     finally:
         if process.returncode is None:
             process.kill()

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,21 +13,24 @@ import pytest_asyncio
 
 from tests.conftest import BotFactory, process_env
 from tests.fakes import Chart, FakeOpenAI, FakeSlack, Turn, wait_for
+from tests.prefork import ProcessLike, Zygote
 from tests.slack_payloads import CHANNEL, mention, new_ts
 
-INTERNAL_ERROR = {"ok": False, "error": "internal_error"}
+#: Its PostgreSQL databases start migrated (a copy of conftest's template); upgrade finds nothing to do.
+pytestmark = pytest.mark.migrated_postgres
 
-WorkerFactory = Callable[..., "asyncio.Future[asyncio.subprocess.Process]"]
+INTERNAL_ERROR = {"ok": False, "error": "internal_error"}
 
 
 @pytest_asyncio.fixture
 async def spawn_worker(
-    database_url: str, fake_slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path
+    database_url: str, fake_slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Path, zygote: Zygote
 ) -> AsyncIterator[Any]:
-    """Start `python -m bot worker` as a real process against the fakes and the test database."""
-    processes: list[asyncio.subprocess.Process] = []
+    """Start `python -m bot worker` as a real process (tests/prefork.py) against the fakes and the
+    test database."""
+    processes: list[ProcessLike] = []
 
-    async def spawn(**extra_env: str) -> asyncio.subprocess.Process:
+    async def spawn(**extra_env: str) -> ProcessLike:
         env = process_env(
             fake_slack,
             fake_openai,
@@ -37,16 +39,7 @@ async def spawn_worker(
             TUTOR_LEASE_SECONDS="1",
             **extra_env,
         )
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bot",
-            "worker",
-            env=env,
-            cwd=tmp_path,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
+        process = await zygote.start(["worker"], env=env, cwd=tmp_path, stdout=None, stderr=None)
         processes.append(process)
         return process
 

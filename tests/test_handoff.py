@@ -23,7 +23,8 @@ from tests.slack_payloads import as_json, mention, new_ts
 from tests.tcp_proxy import TcpProxy
 from tests.test_rescue import Processes, processes  # noqa: F401  (fixture)
 
-pytestmark = pytest.mark.postgres
+#: Their databases start migrated (a copy of conftest's template); their own upgrade finds nothing to do.
+pytestmark = [pytest.mark.postgres, pytest.mark.migrated_postgres]
 
 #: Far longer than any hand-off may take: a worker that waited for its poll would miss it.
 IDLE_POLL = "30"

@@ -22,6 +22,9 @@ from tests.conftest import Bot, BotFactory
 from tests.fakes import wait_for
 from tests.slack_payloads import CHANNEL, mention, new_ts
 
+#: Its PostgreSQL databases start migrated (a copy of conftest's template); upgrade finds nothing to do.
+pytestmark = pytest.mark.migrated_postgres
+
 GOOD = 15
 
 

@@ -9,7 +9,6 @@ import json
 import logging
 import socket
 import sqlite3
-import sys
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
@@ -25,6 +24,7 @@ from bot.logs import log_context, log_handler
 from db.models import Run, utcnow
 from tests.conftest import Bot, BotFactory, process_env
 from tests.fakes import FakeOpenAI, FakeSlack, wait_for
+from tests.prefork import Zygote
 from tests.slack_payloads import CHANNEL, SIGNING_SECRET, TEAM, as_json, mention, new_ts, signed_headers
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -280,14 +280,14 @@ async def test_healthz_names_the_slack_identity_when_auth_test_never_answers(
 
 
 async def test_a_worker_process_serves_healthz_and_metrics_but_no_slack_endpoint(
-    tmp_path: Path, database_url: str, fake_slack: FakeSlack, fake_openai: FakeOpenAI
+    tmp_path: Path, database_url: str, fake_slack: FakeSlack, fake_openai: FakeOpenAI, zygote: Zygote
 ) -> None:
     port = _closed_port()
     env = process_env(fake_slack, fake_openai, DATABASE_URL=database_url, PORT=str(port))
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", "worker", cwd=tmp_path, env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    # `python -m bot worker`, forked from a process that imported the app (tests/prefork.py)
+    process = await zygote.start(
+        ["worker"], cwd=tmp_path, env=env, stdout=None, stderr=tmp_path / "worker.err"
+    )
     try:
         async with aiohttp.ClientSession() as http:
             health = await wait_for(lambda: _get(http, port, "/healthz"), timeout=30, message="no /healthz")
@@ -312,14 +312,13 @@ async def _get(http: aiohttp.ClientSession, port: int, path: str) -> tuple[int, 
 
 
 async def test_slack_tutor_run_with_log_format_json_writes_json_lines(
-    tmp_path: Path, fake_slack: FakeSlack, fake_openai: FakeOpenAI
+    tmp_path: Path, fake_slack: FakeSlack, fake_openai: FakeOpenAI, zygote: Zygote
 ) -> None:
     port = _closed_port()
     env = process_env(fake_slack, fake_openai, PORT=str(port), LOG_FORMAT="json")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", "run", cwd=tmp_path, env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    # `python -m bot run`, forked from a process that imported the app (tests/prefork.py)
+    stderr = tmp_path / "run.err"
+    process = await zygote.start(["run"], cwd=tmp_path, env=env, stdout=None, stderr=stderr)
     try:
         async with aiohttp.ClientSession() as http:
             await wait_for(lambda: _get(http, port, "/healthz"), timeout=30, message="no /healthz")
@@ -332,7 +331,6 @@ async def test_slack_tutor_run_with_log_format_json_writes_json_lines(
     finally:
         process.terminate()
         await asyncio.wait_for(process.wait(), 20)
-    assert process.stderr is not None
-    lines = [json.loads(line) for line in (await process.stderr.read()).decode().splitlines()]
+    lines = [json.loads(line) for line in stderr.read_text().splitlines()]
     answered = [line for line in lines if line.get("run_id") and line["message"].endswith(": answered")]
     assert answered and answered[0]["thread_ts"] == ts and answered[0]["response_id"].startswith("resp_")

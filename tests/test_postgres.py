@@ -12,7 +12,8 @@ from tests.fakes import Chart, Turn
 from tests.slack_payloads import CHANNEL, file_share, mention, message, new_ts, slash_command
 from tests.test_files import _csv
 
-pytestmark = pytest.mark.postgres
+#: Their databases start migrated (a copy of conftest's template); their own upgrade finds nothing to do.
+pytestmark = [pytest.mark.postgres, pytest.mark.migrated_postgres]
 
 
 @pytest.fixture

@@ -1,10 +1,11 @@
 """Fast rescue: a run whose process died (kill -9, SIGTERM) is answered within 5 s of a restart, or
 by another live worker within 5 s of the death, exactly once, and a live worker keeps its run.
 
-Real `python -m bot` processes against the fake Slack and OpenAI servers, with the production
-lease (TUTOR_LEASE_SECONDS=30): waiting out a dead process's lease is what these tests catch.
-Each kill happens while the worker is inside a step, holding the run's lease: its poll of the
-response is held by the fake OpenAI (``delay_next``), and the model is still "thinking".
+Real `python -m bot` processes (forked from one that imported the app: tests/prefork.py) against
+the fake Slack and OpenAI servers, with the production lease (TUTOR_LEASE_SECONDS=30): waiting
+out a dead process's lease is what these tests catch. Each kill happens while the worker is
+inside a step, holding the run's lease: its poll of the response is held by the fake OpenAI
+(``delay_next``), and the model is still "thinking".
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -29,6 +29,7 @@ from db.migrate import upgrade
 from db.models import Run
 from tests.conftest import process_env
 from tests.fakes import FakeOpenAI, FakeSlack, wait_for
+from tests.prefork import ProcessLike, Zygote
 from tests.slack_payloads import CHANNEL, as_json, mention, new_ts, signed_headers
 
 #: Spec §4: a crashed or stuck run is picked up again within 5 s of its process restarting.
@@ -53,7 +54,7 @@ class BotProcess:
     """One `python -m bot <command>` process; its output goes to files under tmp_path."""
 
     name: str
-    process: asyncio.subprocess.Process
+    process: ProcessLike
     port: int | None
     stdout_path: Path
     stderr_path: Path
@@ -90,8 +91,9 @@ class BotProcess:
 class Processes:
     """Starts bot processes and talks to them over HTTP; kills whatever is left at teardown."""
 
-    def __init__(self, tmp_path: Path, slack: FakeSlack, openai: FakeOpenAI) -> None:
+    def __init__(self, tmp_path: Path, slack: FakeSlack, openai: FakeOpenAI, zygote: Zygote) -> None:
         self._tmp_path = tmp_path
+        self._zygote = zygote
         self._slack = slack
         self._openai = openai
         self.started: list[BotProcess] = []
@@ -108,18 +110,13 @@ class Processes:
             extra["PORT"] = str(port)
         stdout_path = self._tmp_path / f"{name}.out"
         stderr_path = self._tmp_path / f"{name}.err"
-        with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "bot",
-                command,
-                env=process_env(self._slack, self._openai, **extra),
-                cwd=self._tmp_path,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=stdout,
-                stderr=stderr,
-            )
+        process = await self._zygote.start(
+            [command],
+            env=process_env(self._slack, self._openai, **extra),
+            cwd=self._tmp_path,
+            stdout=stdout_path,
+            stderr=stderr_path,
+        )
         bot = BotProcess(name, process, port, stdout_path, stderr_path)
         self.started.append(bot)
         return bot
@@ -237,9 +234,9 @@ def lease_pid(owner: str | None) -> int | None:
 
 @pytest_asyncio.fixture
 async def processes(
-    tmp_path: Path, fake_slack: FakeSlack, fake_openai: FakeOpenAI
+    tmp_path: Path, fake_slack: FakeSlack, fake_openai: FakeOpenAI, zygote: Zygote
 ) -> AsyncIterator[Processes]:
-    started = Processes(tmp_path, fake_slack, fake_openai)
+    started = Processes(tmp_path, fake_slack, fake_openai, zygote)
     try:
         yield started
     finally:
@@ -372,6 +369,7 @@ async def start_worker(processes: Processes, postgres_url: str, **env: str) -> B
 
 
 @pytest.mark.postgres
+@pytest.mark.migrated_postgres  # its database starts migrated: upgrade finds nothing to do
 async def test_dead_worker_is_rescued_by_the_live_one_within_5s(
     processes: Processes, postgres_url: str, fake_slack: FakeSlack, fake_openai: FakeOpenAI
 ) -> None:
@@ -399,6 +397,7 @@ async def test_dead_worker_is_rescued_by_the_live_one_within_5s(
 
 
 @pytest.mark.postgres
+@pytest.mark.migrated_postgres  # its database starts migrated: upgrade finds nothing to do
 async def test_live_slow_worker_keeps_its_run(
     processes: Processes, postgres_url: str, fake_slack: FakeSlack, fake_openai: FakeOpenAI
 ) -> None:

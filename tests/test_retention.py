@@ -24,6 +24,9 @@ from tests.slack_payloads import CHANNEL, TEAM, file_share, mention, message, ne
 from tests.test_documents import WORKSHEET
 from tests.test_files import _csv
 
+#: Its PostgreSQL databases start migrated (a copy of conftest's template); upgrade finds nothing to do.
+pytestmark = pytest.mark.migrated_postgres
+
 NOW = datetime(2027, 3, 1, 12, 0, tzinfo=utcnow().tzinfo)
 OLD = NOW - timedelta(days=40)
 RECENT = NOW - timedelta(days=10)

@@ -25,7 +25,8 @@ from tests.test_rescue import (  # noqa: F401  (processes is a fixture)
     start_worker,
 )
 
-pytestmark = pytest.mark.postgres
+#: Their databases start migrated (a copy of conftest's template); their own upgrade finds nothing to do.
+pytestmark = [pytest.mark.postgres, pytest.mark.migrated_postgres]
 
 FAST = {"TUTOR_POLL_INTERVAL": "0.2"}
 

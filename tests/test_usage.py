@@ -24,6 +24,9 @@ from tests.slack_payloads import ALICE, CHANNEL, mention, new_ts
 from tests.test_commands import _command
 from tests.test_exactly_once import INTERNAL_ERROR
 
+#: Its PostgreSQL databases start migrated (a copy of conftest's template); upgrade finds nothing to do.
+pytestmark = pytest.mark.migrated_postgres
+
 BOB = "U0BOB"
 PHYSICS = "C0PHYS"
 

@@ -30,6 +30,9 @@ from tests.conftest import Bot, BotFactory
 from tests.fakes import Chart, Turn, wait_for
 from tests.slack_payloads import envelope, mention, new_ts
 
+#: Its PostgreSQL databases start migrated (a copy of conftest's template); upgrade finds nothing to do.
+pytestmark = pytest.mark.migrated_postgres
+
 TEAM_A, CHANNEL_A = "T0AAA", "C0AAA"
 TEAM_B, CHANNEL_B = "T0BBB", "C0BBB"
 #: Posts, streams, edits and uploads: every call that shows something in a channel.
