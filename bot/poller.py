@@ -423,12 +423,7 @@ class Poller:
         elif run.status == RunStatus.POLLING:
             await self._poll(run)
         elif run.status == RunStatus.REPLYING:
-            reply = await self._load_reply(run)
-            if reply is not None and run.kind == RunKind.ANSWER:
-                # Recorded when the run was marked replying; a run left there by an older
-                # version may not be (a second record adds nothing).
-                await self._crew(run).preparer.usage.record(run, reply)
-            await self._reply(run, reply)
+            await self._reply(run, await self._load_reply(run))  # usage went with the replying mark
 
     async def _step_in_time(self, run: Run) -> None:
         """A step of an unanswered question ends at the run's deadline, even inside a hung call."""
@@ -660,7 +655,7 @@ class Poller:
         async def transition(session: AsyncSession) -> bool:
             held = await repo.mark_replying(session, run, owner=self.owner)
             if held and reply is not None and run.kind == RunKind.ANSWER:
-                await usage.record_in(session, run, reply)
+                await usage.record(session, run, reply)
             return held
 
         await self._change(run, transition)

@@ -107,7 +107,7 @@ class RunPreparer:
             profile = await repo.profile_or_default(session, profile_id=chosen, default_slug=DEFAULT_PROFILE)
             if run.create_started_at is None:  # a create that may have landed is not refused after the fact
                 await self.usage.check(
-                    team_id=run.team_id, channel_id=run.channel_id, user_id=run.user_id, session=session
+                    session, team_id=run.team_id, channel_id=run.channel_id, user_id=run.user_id
                 )
             scoped = {
                 scope: await repo.documents_in_scope(session, scope_key=scope)

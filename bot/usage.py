@@ -118,13 +118,9 @@ class UsageLedger:
         self._settings = settings
         self._clock = clock
 
-    async def record(self, run: Run, reply: ModelReply) -> None:
-        """The answer's usage, once per run (a second call for the same run changes nothing)."""
-        async with self._sessions.begin() as session:
-            await self.record_in(session, run, reply)
-
-    async def record_in(self, session: AsyncSession, run: Run, reply: ModelReply) -> None:
-        """`record` in the caller's transaction (the one that marks the run answered)."""
+    async def record(self, session: AsyncSession, run: Run, reply: ModelReply) -> None:
+        """The answer's usage, once per run (a second call for the same run changes nothing), in
+        the caller's transaction: the one that marks the run answered."""
         if reply.usage is None:
             log.info("run %s: the response carried no usage; none recorded", run.id)
             return
@@ -144,16 +140,10 @@ class UsageLedger:
         }
         await repo.record_usage(session, row=row)
 
-    async def check(
-        self, *, team_id: str, channel_id: str, user_id: str, session: AsyncSession | None = None
-    ) -> None:
+    async def check(self, session: AsyncSession, *, team_id: str, channel_id: str, user_id: str) -> None:
         """BudgetExceeded when a daily budget in force here is used up (the person's first, then
         the channel's, then the workspace's). Only a limit in force is summed: with none, one
-        primary-key lookup per question (in `session`, when the caller has one open)."""
-        if session is None:
-            async with self._sessions() as own_session:
-                await self.check(team_id=team_id, channel_id=channel_id, user_id=user_id, session=own_session)
-            return
+        primary-key lookup per question, in the caller's `session` (the run's preparation)."""
         day = self._day()
         own = await repo.get_channel_budget(session, team_id=team_id, channel_id=channel_id)
         own_per_user = own.tokens_per_user if own is not None else None
