@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 POSTING = frozenset({"chat.postMessage", "chat.startStream"})
 #: Without a Retry-After header (Slack always sends one), wait this long.
 DEFAULT_RETRY_AFTER = 1.0
+#: Less than this short of a whole token counts as one (float rounding, not a wait).
+_EPSILON = 1e-9
 #: Channels whose buckets are kept; idle, full ones are forgotten beyond this.
 MAX_CHANNELS = 1000
 
@@ -45,11 +47,17 @@ class _Bucket:
 
 class Pacer:
     def __init__(
-        self, *, rate: float = 1.0, burst: int = 3, clock: Callable[[], float] = time.monotonic
+        self,
+        *,
+        rate: float = 1.0,
+        burst: int = 3,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._rate = rate
         self._burst = float(burst)
         self._clock = clock
+        self._sleep = sleep
         self._blocked_until: dict[str, float] = {}
         self._channels: dict[str, _Bucket] = {}
         #: 429s seen, by method (metrics, tests).
@@ -57,7 +65,7 @@ class Pacer:
 
     def sibling(self) -> Pacer:
         """A pacer with the same pace and none of this one's holds: another workspace's."""
-        return Pacer(rate=self._rate, burst=int(self._burst), clock=self._clock)
+        return Pacer(rate=self._rate, burst=int(self._burst), clock=self._clock, sleep=self._sleep)
 
     def block(self, method: str, seconds: float) -> None:
         """Slack said Retry-After `seconds` for `method`: nobody in this process calls it before."""
@@ -74,13 +82,13 @@ class Pacer:
             return
         bucket = self._bucket(channel)
         async with bucket.lock:  # asyncio's lock serves its waiters in order: turns are taken in order
-            while (wait := self._take(bucket)) > 0:  # noqa: ASYNC110 - sleeps the computed wait
-                await asyncio.sleep(wait)
+            while (wait := self._take(bucket)) > 0:
+                await self._sleep(wait)
             await self._unblocked(method)
 
     async def _unblocked(self, method: str) -> None:
-        while (wait := self._blocked_until.get(_family(method), 0.0) - self._clock()) > 0:  # noqa: ASYNC110
-            await asyncio.sleep(wait)
+        while (wait := self._blocked_until.get(_family(method), 0.0) - self._clock()) > 0:
+            await self._sleep(wait)
 
     def _bucket(self, channel: str) -> _Bucket:
         bucket = self._channels.get(channel)
@@ -95,8 +103,8 @@ class Pacer:
         now = self._clock()
         bucket.tokens = min(self._burst, bucket.tokens + (now - bucket.at) * self._rate)
         bucket.at = now
-        if bucket.tokens >= 1.0:
-            bucket.tokens -= 1.0
+        if bucket.tokens >= 1.0 - _EPSILON:  # a token short by a rounding error is a token
+            bucket.tokens = max(0.0, bucket.tokens - 1.0)
             return 0.0
         return (1.0 - bucket.tokens) / self._rate
 
