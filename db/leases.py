@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from datetime import datetime
 
-from sqlalchemy import and_, exists, func, or_, select, text, update
+from sqlalchemy import and_, bindparam, exists, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -192,14 +192,18 @@ class LeaseLost(Exception):
 async def holds(session: AsyncSession, run: Run) -> bool:
     """Whether `run` is still held under the claim this `run` object came from (owner and
     generation): the fence checked before every Slack call."""
-    held = await session.scalar(
-        select(Run.id).where(
-            Run.id == run.id,
-            Run.lease_owner == run.lease_owner,
-            Run.lease_generation == run.lease_generation,
-        )
-    )
-    return held is not None and run.lease_owner is not None
+    if run.lease_owner is None:
+        return False
+    params = {"run_id": run.id, "owner": run.lease_owner, "generation": run.lease_generation}
+    return await session.scalar(_HOLDS, params) is not None
+
+
+#: Built once: the fence runs before every Slack call of every run.
+_HOLDS = select(Run.__table__.c.id).where(
+    Run.__table__.c.id == bindparam("run_id"),
+    Run.__table__.c.lease_owner == bindparam("owner"),
+    Run.__table__.c.lease_generation == bindparam("generation"),
+)
 
 
 async def ensure_held(session: AsyncSession, run: Run) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -11,6 +12,9 @@ from slack_sdk.oauth.installation_store import Bot
 from slack_sdk.oauth.installation_store.sqlalchemy import SQLAlchemyInstallationStore
 from sqlalchemy import (
     Integer,
+    Table,
+    Update,
+    bindparam,
     case,
     cast,
     delete,
@@ -555,17 +559,38 @@ async def _leased(
 ) -> bool:
     if release:
         values = {**values, "lease_owner": None, "lease_expires_at": None}
+    params = {f"new_{key}": value for key, value in values.items()}
     result = await session.execute(
-        update(Run)
-        .where(Run.id == run.id, Run.lease_owner == owner, Run.lease_generation == run.lease_generation)
-        .values(values)
-        .execution_options(synchronize_session=False)
+        _leased_update(frozenset(values)),
+        {"run_id": run.id, "owner": owner, "generation": run.lease_generation, **params},
     )
     if getattr(result, "rowcount", 0) != 1:
         return False
     for key, value in values.items():
         setattr(run, key, value)
     return True
+
+
+#: `_leased`'s UPDATE for each set of columns it changes, built once. Building an ORM update and
+#: its cache key for every transition cost about four times executing a prebuilt one (740 against
+#: 180 µs of CPU), and a run makes several transitions per answer.
+_LEASED_UPDATES: dict[frozenset[str], Update] = {}
+
+
+def _leased_update(keys: frozenset[str]) -> Update:
+    statement = _LEASED_UPDATES.get(keys)
+    if statement is None:
+        runs = Run.__table__.c
+        statement = _LEASED_UPDATES[keys] = (
+            update(typing.cast(Table, Run.__table__))
+            .where(
+                runs.id == bindparam("run_id"),
+                runs.lease_owner == bindparam("owner"),
+                runs.lease_generation == bindparam("generation"),
+            )
+            .values({runs[key]: bindparam(f"new_{key}", type_=runs[key].type) for key in sorted(keys)})
+        )
+    return statement
 
 
 async def note_status_shown(session: AsyncSession, run: Run, *, owner: str, at: datetime) -> bool:
