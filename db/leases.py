@@ -156,32 +156,41 @@ async def claim_next_in_thread(
     `run` is the oldest unfinished question of its thread, so the next one by `message_ts` is the
     one `claim_due_runs` would give out; the lease is the same compare-and-set (a worker that
     leased it meanwhile keeps it: none is returned)."""
-    query = (
-        select(Run.id)
-        .where(
-            Run.thread_id == run.thread_id,
-            Run.id != run.id,
-            Run.status.in_(ACTIVE_STATUSES),
-        )
-        .order_by(Run.message_ts)
-        .limit(1)
-    )
     # Not SKIP LOCKED: a row locked for another reason must not let the one after it jump the queue.
-    candidate = await session.scalar(query)
+    candidate = await session.scalar(_NEXT_IN_THREAD, {"thread_id": run.thread_id, "run_id": run.id})
     if candidate is None:
         return None
-    claimed = await session.scalars(
-        update(Run)
-        .where(
-            Run.id == candidate,
-            Run.next_attempt_at <= now,
-            or_(Run.lease_expires_at.is_(None), Run.lease_expires_at < now),
-        )
-        .values(lease_owner=owner, lease_expires_at=lease_until, lease_generation=Run.lease_generation + 1)
-        .returning(Run)
-        .execution_options(synchronize_session=False)
-    )
+    params = {"candidate": candidate, "now": now, "new_owner": owner, "new_until": lease_until}
+    claimed = await session.scalars(_LEASE_NEXT, params)
     return claimed.one_or_none()
+
+
+# Built once (a finish makes both): building them cost as much CPU as running them.
+_NEXT_IN_THREAD = (
+    select(Run.id)
+    .where(
+        Run.thread_id == bindparam("thread_id"),
+        Run.id != bindparam("run_id"),
+        Run.status.in_(ACTIVE_STATUSES),
+    )
+    .order_by(Run.message_ts)
+    .limit(1)
+)
+_LEASE_NEXT = (
+    update(Run)
+    .where(
+        Run.id == bindparam("candidate"),
+        Run.next_attempt_at <= bindparam("now"),
+        or_(Run.lease_expires_at.is_(None), Run.lease_expires_at < bindparam("now")),
+    )
+    .values(
+        lease_owner=bindparam("new_owner"),
+        lease_expires_at=bindparam("new_until"),
+        lease_generation=Run.lease_generation + 1,
+    )
+    .returning(Run)
+    .execution_options(synchronize_session=False)
+)
 
 
 class LeaseLost(Exception):

@@ -60,8 +60,26 @@ def _insert(session: AsyncSession, table: Any) -> Any:
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
 
 
+# The reads every question makes are built once, with bound parameters: building a statement and
+# its cache key cost as much CPU as running it (`_leased_update`).
+_PROFILE_BY_SLUG = select(Profile).where(Profile.slug == bindparam("slug"))
+_CHANNEL_SETTINGS = select(ChannelSettings).where(
+    ChannelSettings.team_id == bindparam("team_id"), ChannelSettings.channel_id == bindparam("channel_id")
+)
+_FILES_OF_THREAD = (
+    select(ThreadFile).where(ThreadFile.thread_id == bindparam("thread_id")).order_by(ThreadFile.id)
+)
+_DELIVERY = select(Delivery).where(Delivery.run_id == bindparam("run_id"), Delivery.key == bindparam("key"))
+_DOCUMENTS_IN_SCOPE = (
+    select(Document).where(Document.scope_key == bindparam("scope_key")).order_by(Document.id)
+)
+_CHANNEL_BUDGET = select(ChannelBudget).where(
+    ChannelBudget.team_id == bindparam("team_id"), ChannelBudget.channel_id == bindparam("channel_id")
+)
+
+
 async def get_profile(session: AsyncSession, *, slug: str) -> Profile | None:
-    return await session.scalar(select(Profile).where(Profile.slug == slug))
+    return await session.scalar(_PROFILE_BY_SLUG, {"slug": slug})
 
 
 async def find_thread(
@@ -177,11 +195,7 @@ async def profile_ids(session: AsyncSession) -> dict[str, int]:
 async def get_channel_settings(
     session: AsyncSession, *, team_id: str, channel_id: str
 ) -> ChannelSettings | None:
-    return await session.scalar(
-        select(ChannelSettings).where(
-            ChannelSettings.team_id == team_id, ChannelSettings.channel_id == channel_id
-        )
-    )
+    return await session.scalar(_CHANNEL_SETTINGS, {"team_id": team_id, "channel_id": channel_id})
 
 
 async def upsert_channel_settings(session: AsyncSession, *, team_id: str, channel_id: str) -> ChannelSettings:
@@ -196,8 +210,7 @@ async def upsert_channel_settings(session: AsyncSession, *, team_id: str, channe
 
 
 async def files_of_thread(session: AsyncSession, *, thread_id: int) -> Sequence[ThreadFile]:
-    query = select(ThreadFile).where(ThreadFile.thread_id == thread_id).order_by(ThreadFile.id)
-    return (await session.scalars(query)).all()
+    return (await session.scalars(_FILES_OF_THREAD, {"thread_id": thread_id})).all()
 
 
 async def set_conversation_once(session: AsyncSession, *, thread_id: int, conversation_id: str) -> str:
@@ -214,7 +227,7 @@ async def set_conversation_once(session: AsyncSession, *, thread_id: int, conver
 
 
 async def get_delivery(session: AsyncSession, *, run_id: int, key: str) -> Delivery | None:
-    return await session.scalar(select(Delivery).where(Delivery.run_id == run_id, Delivery.key == key))
+    return await session.scalar(_DELIVERY, {"run_id": run_id, "key": key})
 
 
 async def uploaded_files_of_thread(
@@ -240,13 +253,17 @@ async def uploaded_files_of_thread(
 async def start_delivery(session: AsyncSession, *, run_id: int, key: str) -> tuple[Delivery, bool]:
     """The delivery row for (run, key), and whether this call created it (False: an earlier
     attempt may already have reached Slack)."""
-    result = await session.execute(
-        _insert(session, Delivery)
-        .values(run_id=run_id, key=key, state="pending", attempted_at=utcnow())
-        .on_conflict_do_nothing(index_elements=["run_id", "key"])
-        .returning(Delivery.id)
-    )
-    created = result.scalar_one_or_none() is not None
+    statement = _START_DELIVERY.get(session.get_bind().dialect.name)
+    if statement is None:
+        statement = _START_DELIVERY[session.get_bind().dialect.name] = (
+            _insert(session, Delivery)
+            .values(run_id=bindparam("new_run_id"), key=bindparam("new_key"), state="pending")
+            .values(attempted_at=bindparam("new_attempted_at", type_=Delivery.__table__.c.attempted_at.type))
+            .on_conflict_do_nothing(index_elements=["run_id", "key"])
+            .returning(Delivery.id)
+        )
+    params = {"new_run_id": run_id, "new_key": key, "new_attempted_at": utcnow()}
+    created = (await session.execute(statement, params)).scalar_one_or_none() is not None
     delivery = await get_delivery(session, run_id=run_id, key=key)
     assert delivery is not None
     return delivery, created
@@ -272,7 +289,22 @@ async def finish_delivery(
         values["slack_file_id"] = file_id
     if slack_ts:
         values["slack_ts"] = slack_ts
-    await session.execute(update(Delivery).where(Delivery.id == delivery_id).values(**values))
+    keys = frozenset(values)
+    statement = _FINISH_DELIVERY.get(keys)
+    if statement is None:
+        deliveries = Delivery.__table__.c
+        statement = _FINISH_DELIVERY[keys] = (
+            update(typing.cast(Table, Delivery.__table__))
+            .where(deliveries.id == bindparam("delivery_id"))
+            .values({deliveries[key]: bindparam(f"new_{key}") for key in sorted(keys)})
+        )
+    params = {f"new_{key}": value for key, value in values.items()}
+    await session.execute(statement, {"delivery_id": delivery_id, **params})
+
+
+#: By dialect (the upsert is each dialect's own), and by the columns set: built once.
+_START_DELIVERY: dict[str, Any] = {}
+_FINISH_DELIVERY: dict[frozenset[str], Update] = {}
 
 
 async def forget_threads(session: AsyncSession, *, threads: Sequence[TutorThread]) -> int:
@@ -433,8 +465,7 @@ async def insert_documents(session: AsyncSession, *, rows: Sequence[dict[str, An
 
 
 async def documents_in_scope(session: AsyncSession, *, scope_key: str) -> Sequence[Document]:
-    query = select(Document).where(Document.scope_key == scope_key).order_by(Document.id)
-    return (await session.scalars(query)).all()
+    return (await session.scalars(_DOCUMENTS_IN_SCOPE, {"scope_key": scope_key})).all()
 
 
 async def documents_by_ids(session: AsyncSession, *, ids: Collection[int]) -> Sequence[Document]:
@@ -1080,9 +1111,7 @@ async def unname_library_files(session: AsyncSession, *, team_id: str, user_id: 
 
 
 async def get_channel_budget(session: AsyncSession, *, team_id: str, channel_id: str) -> ChannelBudget | None:
-    return await session.scalar(
-        select(ChannelBudget).where(ChannelBudget.team_id == team_id, ChannelBudget.channel_id == channel_id)
-    )
+    return await session.scalar(_CHANNEL_BUDGET, {"team_id": team_id, "channel_id": channel_id})
 
 
 async def set_channel_budget(
