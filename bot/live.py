@@ -40,6 +40,9 @@ EDIT_EVERY = 2.0
 MESSAGE_LIMIT = 11_000
 #: Failed Slack calls in a row after which nothing more is shown live (the final answer still is).
 GIVE_UP_AFTER = 5
+#: A run being stopped (shutdown, its deadline) waits this long for a Slack call in flight and the
+#: save after it: a message Slack made is recorded, so whoever goes on continues it.
+SETTLE_WITHIN = 10.0
 TASK_TEXT_LIMIT = 2_000
 RUNNING = "Running Python…"
 RAN = "Ran Python"
@@ -114,6 +117,9 @@ class LiveAnswer:
         #: re-raises it.
         self.failure: BaseException | None = None
         self._task: asyncio.Task[None] | None = None
+        #: Clear while a flush (a Slack call and the save of what it made) is under way.
+        self._settled = asyncio.Event()
+        self._settled.set()
 
     @property
     def text_shown(self) -> bool:
@@ -143,14 +149,28 @@ class LiveAnswer:
             self._wake.set()
 
     async def close(self, *, abort: bool = False) -> LiveState:
-        """Stop relaying (a call in flight finishes, unless `abort`: the run is being stopped);
-        the messages stay for the final answer."""
+        """Stop relaying; the messages stay for the final answer. A call in flight finishes,
+        and so does the relay's last flush unless `abort` (the run is being stopped).
+
+        However the run stops (`abort`, or this wait itself cancelled: shutdown, the run's
+        deadline), a flush under way is let finish, up to SETTLE_WITHIN: Slack may already have
+        made the message that call opens, and only its recorded ts lets the next worker go on in
+        it instead of opening a second one."""
         self._closing = True
         self._wake.set()
-        if self._task is not None:
-            if abort:
-                self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        task = self._task
+        if task is None:
+            return self.state
+        try:
+            if not abort:
+                await asyncio.wait([task])  # unlike gather, a cancel of this wait spares the relay
+        finally:
+            if not task.done():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(SETTLE_WITHIN):
+                        await self._settled.wait()
+                task.cancel()
+                await asyncio.wait([task])
         return self.state
 
     # The relay
@@ -158,7 +178,11 @@ class LiveAnswer:
     async def _relay_forever(self) -> None:
         try:
             while await self._due():
-                await self._flush()
+                self._settled.clear()
+                try:
+                    await self._flush()
+                finally:
+                    self._settled.set()
         except Exception as exc:  # saving progress failed: the consumer stops the run
             self.failure = exc
 

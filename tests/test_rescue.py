@@ -362,6 +362,45 @@ async def test_sigterm_exits_promptly_and_restart_resumes_within_5s(
         await runs_table.dispose()
 
 
+async def test_sigterm_while_the_answer_message_is_being_opened_leaves_one_message(
+    processes: Processes, sqlite_url: str, fake_slack: FakeSlack, fake_openai: FakeOpenAI
+) -> None:
+    """SIGTERM lands while `chat.startStream` is on its way: Slack makes the message, but its
+    answer comes after the grace period. The stopping worker waits for it (and records the
+    message) instead of abandoning the call, so the restart goes on in that message. Before, the
+    wait for the relay was a `gather`, whose cancel at the end of the grace cancelled the call:
+    the restart posted the answer again and the first message stayed half-written (this is also
+    how `test_sigterm_exits_promptly_and_restart_resumes_within_5s` failed now and then)."""
+    runs_table = RunsTable(sqlite_url)
+    try:
+        port = free_port()
+        first = await processes.start_web("run", sqlite_url, port=port)
+        fake_slack.delay_next("chat.startStream", 5.0, after_handling=True)  # answered after the 3 s grace
+        ts = new_ts()
+        fake_openai.latency = 1.5
+        assert await processes.send(first, as_json(mention("What is 12 / 4?", ts=ts))) == 200
+        await wait_for(
+            lambda: fake_slack.calls("chat.startStream"), timeout=15, message="the answer never started"
+        )
+        first.process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(first.process.wait(), timeout=15)
+        except TimeoutError:
+            pytest.fail(f"still running 15 s after SIGTERM\n{first.tail()}")
+        run = await runs_table.of(ts)
+        print(f"\nafter SIGTERM the run is {run.status}")
+
+        await processes.start_web("run", sqlite_url, port=port)
+        await time_to_answer(fake_slack, ts, time.monotonic())
+        await runs_table.wait_finished(1)
+        (answer,) = fake_slack.messages(CHANNEL, ts, live=True)
+        assert "3x = 3" in str(answer.get("text")), answer
+        assert len(fake_slack.calls("chat.startStream")) == 1, "a second message was opened"
+        assert len(fake_openai.calls(CREATE)) == 1
+    finally:
+        await runs_table.dispose()
+
+
 async def start_worker(processes: Processes, postgres_url: str, **env: str) -> BotProcess:
     worker = await processes.start("worker", postgres_url, **env)
     await processes.wait_logged(worker, "run-poller", "started")

@@ -168,6 +168,7 @@ class _Delay:
     selector: str
     seconds: float
     remaining: int
+    after_handling: bool = False
 
 
 class FakeServer:
@@ -269,9 +270,13 @@ class FakeServer:
         self._faults.clear()
         self._delays.clear()
 
-    def delay_next(self, name: str, seconds: float, *, times: int = 1) -> None:
-        """Sleep ``seconds`` before handling the next ``times`` matching requests (timeouts)."""
-        self._delays.append(_Delay(selector=name, seconds=seconds, remaining=times))
+    def delay_next(self, name: str, seconds: float, *, times: int = 1, after_handling: bool = False) -> None:
+        """Sleep ``seconds`` before handling the next ``times`` matching requests (timeouts).
+
+        With ``after_handling=True`` the request is handled first (its side effects happen, as on
+        a real server that got it) and only its answer is late."""
+        delay = _Delay(selector=name, seconds=seconds, remaining=times, after_handling=after_handling)
+        self._delays.append(delay)
 
     def release_delays(self) -> None:
         """End the sleep of every request delayed now: they are handled at once."""
@@ -287,14 +292,20 @@ class FakeServer:
                 return fault
         return None
 
-    def _take_delay(self, rec: RecordedRequest) -> float:
+    def _take_delay(self, rec: RecordedRequest) -> _Delay | None:
         for delay in self._delays:
             if delay.remaining > 0 and self._matches(delay.selector, rec):
                 delay.remaining -= 1
                 if delay.remaining == 0:
                     self._delays.remove(delay)
-                return delay.seconds
-        return 0.0
+                return delay
+        return None
+
+    async def _sleep(self, delay: _Delay | None) -> None:
+        if delay is not None and delay.seconds > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay.seconds):
+                    await self._release.wait()
 
     @web.middleware
     async def _middleware(
@@ -325,10 +336,8 @@ class FakeServer:
         request[_RECORD_KEY] = rec
 
         delay = self._take_delay(rec)
-        if delay > 0:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._release.wait()
+        if delay is not None and not delay.after_handling:
+            await self._sleep(delay)
         fault = self._take_fault(rec)
         rec.faulted = fault is not None
         if fault is not None and not fault.after_handling:
@@ -342,6 +351,8 @@ class FakeServer:
                 rec.status = fault.status
                 return fault.response()
             raise
+        if delay is not None and delay.after_handling:
+            await self._sleep(delay)
         if fault is not None:
             rec.status = fault.status
             return fault.response()
