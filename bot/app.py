@@ -395,7 +395,8 @@ def _lifecycle(
                 usage_days=components.settings.tutor_usage_retention_days,
                 wake=components.poller.wake,
             )
-            tasks.append(asyncio.create_task(retention.run_forever(), name="retention"))
+            first = components.settings.tutor_retention_first_within
+            tasks.append(asyncio.create_task(retention.run_forever(first_within=first), name="retention"))
         if with_slack and components.socket is not None:
             tasks.append(asyncio.create_task(components.socket.run(), name="socket-mode"))
         if identity:

@@ -97,6 +97,9 @@ class Settings(DatabaseSettings):
     #: Questions (text, delivery rows, stored responses, turns), threads idle this long (their
     #: conversation, sandbox, files) and finished clean-ups are deleted after this (bot.retention).
     tutor_retention_days: float = Field(default=30.0, gt=0)
+    #: The first pruning comes at a random moment within this many seconds of a worker's start
+    #: (workers started together do not all try at once); then hourly.
+    tutor_retention_first_within: float = Field(default=60.0, ge=0)
     #: A shared document up to this many pages (and TUTOR_DOCUMENT_MAX_MB) is shown to the model
     #: page by page (`input_file`); a larger one goes to the thread's vector store and is searched.
     tutor_document_max_pages: int = Field(default=30, ge=0)

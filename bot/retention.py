@@ -143,8 +143,8 @@ class Retention:
                 return total
             await asyncio.sleep(0)  # let acks and claims in between batches
 
-    async def run_forever(self) -> None:
-        await asyncio.sleep(random.uniform(0.0, FIRST_WITHIN))  # noqa: S311 - jitter, not security
+    async def run_forever(self, *, first_within: float = FIRST_WITHIN) -> None:
+        await asyncio.sleep(random.uniform(0.0, first_within))  # noqa: S311 - jitter, not security
         while True:
             try:
                 await self.prune()

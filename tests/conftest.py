@@ -263,6 +263,9 @@ def make_settings(database_url: str, slack: FakeSlack, openai: FakeOpenAI, **ove
         # whose lease ran out. Every poll is two transactions: at 0.05 s an idle bot took a third
         # of a CPU, which the test and the other tests' bots were waiting for.
         "tutor_poll_interval": 0.2,
+        # A test bot prunes only when its test calls `Retention.prune`: a round of its own within a
+        # minute of start deleted what tests had just backdated to prune (seen in the full suite).
+        "tutor_retention_first_within": 86400.0,
         "tutor_lease_seconds": 5.0,
         # Slack's ~1 post/s per channel would make every test that answers a few questions in
         # one channel wait; tests/test_pacing.py turns it back on.
