@@ -39,6 +39,8 @@ CONTAINER_IDLE_MINUTES = 20
 #: A streamed answer may be silent this long (the model reasoning, code running) before the
 #: connection counts as dropped and is picked up again after its last event.
 STREAM_IDLE = 60.0
+#: After a response's last event, how long the rest of its stream (normally only its end) is read.
+STREAM_DRAIN = 2.0
 #: Conversation items deleted at once (one DELETE each; the API has no bulk delete).
 DELETE_CONCURRENCY = 8
 
@@ -297,8 +299,9 @@ class OpenAIGateway:
         except TimeoutError:
             log.warning("responses.create: no answer within %.1fs", 2 * self._timeout)
             raise errors.AmbiguousCreate("responses.create: timed out") from None
-        async for event in self._events(stream, "responses.create", known=False):
-            yield event
+        async with contextlib.aclosing(self._events(stream, "responses.create", known=False)) as events:
+            async for event in events:
+                yield event
 
     async def resume_run(self, response_id: str, *, after: int | None) -> AsyncGenerator[AnswerEvent, None]:
         """The events of a streamed response after sequence number `after` (all if None)."""
@@ -307,8 +310,9 @@ class OpenAIGateway:
                 stream = await self._open_resume(response_id, after)
         except TimeoutError:
             raise errors.StreamDropped("responses.retrieve: no stream within the deadline") from None
-        async for event in self._events(stream, "responses.retrieve", known=True):
-            yield event
+        async with contextlib.aclosing(self._events(stream, "responses.retrieve", known=True)) as events:
+            async for event in events:
+                yield event
 
     async def _open_resume(self, response_id: str, after: int | None) -> Any:
         query: dict[str, Any] = {"include": INCLUDE, "stream": True}
@@ -322,19 +326,37 @@ class OpenAIGateway:
             )
 
     async def _events(self, stream: Any, what: str, *, known: bool) -> AsyncGenerator[AnswerEvent, None]:
+        """Our events of an SDK stream. `__anext__`, not `async for`: the SDK's stream is a chain
+        of async generators (down to httpx's `aiter_raw`), and one left suspended is closed by the
+        garbage collector whenever it runs, each generator on its own, which can fail with "async
+        generator already executing" in whatever runs then. After the last event the rest of the
+        body (normally nothing) is read, so the chain ends by itself."""
+        finished = False
         try:
-            async for raw in stream:
+            while True:
+                try:
+                    raw = await stream.__anext__()
+                except StopAsyncIteration:
+                    finished = True
+                    return
                 event = _answer_event(raw)
                 if event is None:
                     continue
                 known = known or event.response_id is not None
+                finished = event.reply is not None
                 yield event
         except (openai.OpenAIError, httpx2.HTTPError) as exc:
+            finished = True  # the chain ended with the error
             log.warning("%s: the event stream broke off (%s)", what, type(exc).__name__)
             if not known:
                 raise errors.AmbiguousCreate(f"{what}: stream lost before the response id") from None
             raise errors.StreamDropped(f"{what}: {type(exc).__name__}", retry_after=0.2) from None
         finally:
+            if finished:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(STREAM_DRAIN):
+                        while True:
+                            await stream.__anext__()
             with contextlib.suppress(Exception):
                 await stream.close()
 

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import gc
 import signal
+import sys
 import time
 from typing import Any
 
@@ -332,3 +334,27 @@ async def test_a_chart_is_uploaded_as_soon_as_the_answer_cites_it(bot: Bot) -> N
     assert response.completed_at is not None and shared.received_at < response.completed_at - 1.0
     (answer,) = _live(bot, ts)
     assert "Step 11" in answer["text"]
+
+
+async def test_a_finished_answer_leaves_no_half_read_event_stream_for_the_garbage_collector(bot: Bot) -> None:
+    """The SDK's event stream is a chain of async generators (down to httpx's `aiter_raw`). Left
+    suspended after the last event, they were closed by the garbage collector whenever it ran,
+    each on its own: once that happened during another test, whose run failed on "async generator
+    already executing" (CI, stop 18). Read to its end, the chain finishes by itself."""
+    hooks = sys.get_asyncgen_hooks()
+    left: list[str] = []
+
+    def finalizer(agen: Any) -> None:  # called for a generator collected before it finished
+        left.append(agen.__qualname__)
+        if hooks.finalizer is not None:
+            hooks.finalizer(agen)
+
+    sys.set_asyncgen_hooks(firstiter=hooks.firstiter, finalizer=finalizer)
+    try:
+        _thinking(bot, latency=1.0, span=0.5)
+        await _ask(bot)
+        await bot.wait_runs_finished(1)
+        gc.collect()
+    finally:
+        sys.set_asyncgen_hooks(firstiter=hooks.firstiter, finalizer=hooks.finalizer)
+    assert not [name for name in left if "aiter" in name or "stream" in name.lower()], left
