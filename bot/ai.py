@@ -346,7 +346,6 @@ class OpenAIGateway:
                 finished = event.reply is not None
                 yield event
         except (openai.OpenAIError, httpx2.HTTPError) as exc:
-            finished = True  # the chain ended with the error
             log.warning("%s: the event stream broke off (%s)", what, type(exc).__name__)
             if not known:
                 raise errors.AmbiguousCreate(f"{what}: stream lost before the response id") from None
