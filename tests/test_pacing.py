@@ -68,8 +68,12 @@ async def test_a_429_holds_the_method_for_everyone() -> None:
     assert time_.now == began
     await asyncio.gather(*(pacer.wait_turn("chat.postMessage", f"C{i}") for i in range(3)))
     assert time_.now - began >= 0.3
-    await pacer.wait_turn("chat.startStream", "C9")  # held with it, and free again now
-    assert pacer.rate_limited == {"chat.postMessage": 1}
+    # A 429 on one way of posting a new message holds the other too.
+    held = time_.now
+    pacer.block("chat.postMessage", 0.5)
+    await pacer.wait_turn("chat.startStream", "C9")
+    assert time_.now - held >= 0.5
+    assert pacer.rate_limited == {"chat.postMessage": 2}
 
 
 async def test_the_pacer_sleeps_on_real_time_by_default() -> None:
