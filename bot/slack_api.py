@@ -74,12 +74,80 @@ LOADING_MESSAGES = (
 )
 
 
-def make_web_client(token: str | None, base_url: str, *, pacer: Pacer | None = None) -> AsyncWebClient:
+#: Deadline of a file transfer (download of a share, upload of a chart): large files take a while.
+TRANSFER_TIMEOUT = aiohttp.ClientTimeout(total=600, sock_read=60)
+#: An idle connection to Slack is closed after this long (before Slack's end closes it, so a call
+#: is not sent on a connection that is going away).
+KEEPALIVE = 10.0
+
+
+class SlackConnections:
+    """Keep-alive connections to Slack, shared by a gateway's clients and its file transfers.
+
+    slack_sdk opens, and closes, a new aiohttp session (so a new TCP and TLS connection) for each
+    call of a client made without one. One connector here, with a session per deadline: slack_sdk
+    applies a running session's own timeout, not the client's. Bound to the event loop that first
+    used it; elsewhere, and once closed, `session` is None and slack_sdk falls back to its own.
+    """
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._connector: aiohttp.TCPConnector | None = None
+        self._sessions: dict[aiohttp.ClientTimeout, aiohttp.ClientSession] = {}
+        self._closed = False
+
+    def session(self, timeout: aiohttp.ClientTimeout) -> aiohttp.ClientSession | None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+        if self._closed or (self._loop is not None and loop is not self._loop):
+            return None
+        session = self._sessions.get(timeout)
+        if session is None:
+            if self._connector is None:
+                self._loop = loop
+                self._connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE)
+            session = self._sessions[timeout] = aiohttp.ClientSession(
+                connector=self._connector, connector_owner=False, timeout=timeout
+            )
+        return session
+
+    async def close(self) -> None:
+        self._closed = True
+        sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
+            await session.close()
+        if self._connector is not None:
+            await self._connector.close()
+
+
+class PooledWebClient(AsyncWebClient):
+    """An AsyncWebClient whose calls reuse the connections of `connections`."""
+
+    def __init__(self, *, connections: SlackConnections, **kwargs: Any) -> None:
+        self.connections = connections
+        super().__init__(**kwargs)
+        self._deadline = aiohttp.ClientTimeout(total=self.timeout)
+
+    @property
+    def session(self) -> aiohttp.ClientSession | None:  # read by slack_sdk for every call
+        return self.connections.session(self._deadline)
+
+    @session.setter
+    def session(self, value: aiohttp.ClientSession | None) -> None:
+        if value is not None:
+            raise TypeError("a PooledWebClient's sessions are its connections'")
+
+
+def make_web_client(token: str | None, base_url: str, *, pacer: Pacer | None = None) -> PooledWebClient:
     """The client Bolt and the replier share; 429s and 5xx are retried, not only dropped sockets.
 
-    A 429's Retry-After is honoured by every call of the process that shares `pacer`.
+    A 429's Retry-After is honoured by every call of the process that shares `pacer`. Its
+    connections are kept (`SlackConnections`) and closed with the gateway that uses the client.
     """
-    return AsyncWebClient(
+    return PooledWebClient(
+        connections=SlackConnections(),
         token=token,
         base_url=base_url,
         timeout=CALL_TIMEOUT,
@@ -146,7 +214,10 @@ class SlackGateway:
         # Posting is not idempotent: a 5xx or dropped connection may hide a success, and a blind
         # retry would post twice. Only 429s (refused, so nothing happened) are retried here; the
         # replier retries the rest after checking what reached the thread.
-        self._post_client = AsyncWebClient(
+        #: Connections to Slack kept open for every call and transfer of this gateway.
+        self.connections = client.connections if isinstance(client, PooledWebClient) else SlackConnections()
+        self._post_client = PooledWebClient(
+            connections=self.connections,
             token=client.token,
             base_url=client.base_url,
             timeout=CALL_TIMEOUT,
@@ -154,16 +225,18 @@ class SlackGateway:
         )
         # A live answer's calls are never retried by the SDK: a retried append would show its text
         # twice, and a 429 is the relay's to honour (it keeps collecting text meanwhile).
-        self._stream_client = AsyncWebClient(
-            token=client.token, base_url=client.base_url, timeout=STREAM_CALL_TIMEOUT, retry_handlers=[]
+        self._stream_client = PooledWebClient(
+            connections=self.connections,
+            token=client.token,
+            base_url=client.base_url,
+            timeout=STREAM_CALL_TIMEOUT,
+            retry_handlers=[],
         )
         self._names: dict[str, tuple[str, float]] = {}
         self._admins: dict[str, tuple[bool, float]] = {}
-        self._http: aiohttp.ClientSession | None = None
 
     async def close(self) -> None:
-        if self._http is not None:
-            await self._http.close()
+        await self.connections.close()
 
     async def post(
         self, place: Place, text: str, *, delivery_key: str, blocks: Sequence[dict[str, Any]] | None = None
@@ -602,9 +675,10 @@ class SlackGateway:
         return str(response["url"])
 
     def _session(self) -> aiohttp.ClientSession:
-        if self._http is None:
-            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600, sock_read=60))
-        return self._http
+        session = self.connections.session(TRANSFER_TIMEOUT)
+        if session is None:
+            raise errors.SlackDeliveryFailed("the Slack connections of this gateway are closed")
+        return session
 
     async def _timed(self, method: str, call: Awaitable[Any]) -> Any:
         with self._metrics.timing(method, _error_name):

@@ -155,6 +155,7 @@ class InstalledWorkspaces:
     async def close(self) -> None:
         for gateway in [*self._gateways.values(), *self._retired]:
             await gateway.close()
+        await self.app_client.connections.close()
 
 
 class InstalledAuthorize(AsyncAuthorize):
