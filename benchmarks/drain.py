@@ -1,7 +1,7 @@
 """Drain a burst with `web` + N `worker` processes on PostgreSQL, against the fakes.
 
     uv run python -m benchmarks.drain [--workers 1 2 4] [--threads 200] [--per-thread 5]
-                                      [--senders 50] [--model 1.5] [--concurrency 100]
+                                      [--senders 50] [--model 1.5] [--concurrency 100] [--loop uvloop|asyncio]
                                       [--postgres postgresql://postgres@127.0.0.1/test]
 
 Each thread is a mention and then follow-ups in its thread (`--per-thread` questions), each thread
@@ -94,7 +94,7 @@ class Deployment:
 
 @contextlib.asynccontextmanager
 async def processes(
-    url: str, slack: FakeSlack, openai: FakeOpenAI, *, workers: int, concurrency: int
+    url: str, slack: FakeSlack, openai: FakeOpenAI, *, workers: int, concurrency: int, loop: str = "uvloop"
 ) -> AsyncIterator[Deployment]:
     """`slack-tutor web` and `workers` × `slack-tutor worker`."""
     started: list[asyncio.subprocess.Process] = []
@@ -104,6 +104,7 @@ async def processes(
         "DATABASE_URL": url,
         "LOG_LEVEL": "WARNING",
         "TUTOR_WORKER_CONCURRENCY": str(concurrency),
+        "TUTOR_EVENT_LOOP": loop,
     }
     binary = str(Path(sys.executable).parent / "slack-tutor")
     try:
@@ -213,7 +214,7 @@ async def drain(args: argparse.Namespace, workers: int) -> None:
             openai.latency = args.model
             openai.script = answering
             async with processes(
-                url, slack, openai, workers=workers, concurrency=args.concurrency
+                url, slack, openai, workers=workers, concurrency=args.concurrency, loop=args.loop
             ) as deployment:
                 cpu_before = deployment.cpu()
                 transactions_before = await database_transactions(url)
@@ -274,12 +275,13 @@ async def main() -> None:
     parser.add_argument("--model", type=float, default=1.5)
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1/test")
+    parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop", help="TUTOR_EVENT_LOOP")
     args = parser.parse_args()
     floor = args.per_thread * args.model
     print(
         f"{args.threads * args.per_thread} questions in {args.threads} threads ({args.per_thread} each, "
         f"model {args.model} s: {floor:.1f} s per thread at best), {args.senders} senders, "
-        f"TUTOR_WORKER_CONCURRENCY={args.concurrency}:"
+        f"TUTOR_WORKER_CONCURRENCY={args.concurrency}, TUTOR_EVENT_LOOP={args.loop}:"
     )
     for workers in args.workers:
         await drain(args, workers)

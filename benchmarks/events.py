@@ -2,6 +2,7 @@
 
     uv run python -m benchmarks.events [--events 2000] [--senders 20] [--replies 20]
                                       [--database-url postgresql+asyncpg://postgres@127.0.0.1/test]
+                                      [--loop uvloop|asyncio]
 
 Prints: ack latency p50/p99 with N concurrent senders, events/s accepted (one web process, no
 worker competing for the loop), and the median time from mention to reply with a fake model that
@@ -47,7 +48,9 @@ class Served:
 
 
 @contextlib.asynccontextmanager
-async def serving(command: str, url: str, slack: FakeSlack, openai: FakeOpenAI) -> AsyncIterator[Served]:
+async def serving(
+    command: str, url: str, slack: FakeSlack, openai: FakeOpenAI, *, loop: str = "uvloop"
+) -> AsyncIterator[Served]:
     """`slack-tutor web|run` as its own process (the load generator and fakes stay in this one)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -59,6 +62,7 @@ async def serving(command: str, url: str, slack: FakeSlack, openai: FakeOpenAI) 
         PORT=str(port),
         LOG_LEVEL="WARNING",
         TUTOR_POLL_INTERVAL="0.2",
+        TUTOR_EVENT_LOOP=loop,
     )
     process = await asyncio.create_subprocess_exec(
         str(Path(sys.executable).parent / "slack-tutor"), command, env=env, stdout=asyncio.subprocess.DEVNULL
@@ -145,18 +149,19 @@ async def main() -> None:
     parser.add_argument("--senders", type=int, default=20)
     parser.add_argument("--replies", type=int, default=20)
     parser.add_argument("--database-url", default=None)
+    parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop", help="TUTOR_EVENT_LOOP")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         url = args.database_url or f"sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}"
         await asyncio.to_thread(upgrade, url)
         async with FakeSlack() as slack, FakeOpenAI() as openai:
-            async with serving("web", url, slack, openai) as web:
+            async with serving("web", url, slack, openai, loop=args.loop) as web:
                 await ack_latency(web.endpoint, 50, 5)  # warm-up: auth.test, connection pools
                 web_before, own_before = web.cpu(), time.process_time()
                 latencies, rate = await ack_latency(web.endpoint, args.events, args.senders)
                 web_cpu, own_cpu = web.cpu() - web_before, time.process_time() - own_before
-            print(f"database: {url.split(':', 1)[0]}")
+            print(f"database: {url.split(':', 1)[0]}, TUTOR_EVENT_LOOP={args.loop}")
             print(f"ack latency with {args.senders} concurrent senders over {args.events} signed mentions:")
             p50, p99 = (percentile(latencies, p) * 1000 for p in (50, 99))
             print(f"  p50 {p50:.1f} ms   p99 {p99:.1f} ms   max {max(latencies) * 1000:.1f} ms")
@@ -172,7 +177,7 @@ async def main() -> None:
                 await forget_runs(fresh)  # the ack phase left thousands of queued runs
             else:
                 await asyncio.to_thread(upgrade, fresh)
-            async with serving("run", fresh, slack, openai) as served:
+            async with serving("run", fresh, slack, openai, loop=args.loop) as served:
                 durations = await time_to_reply(served.endpoint, slack, args.replies)
             print(f"mention → reply with a 1 s fake model, {args.replies} questions:")
             print(f"  median {statistics.median(durations):.2f} s   max {max(durations):.2f} s")

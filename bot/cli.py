@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from bot import manifest as app_manifest
-from bot.config import DatabaseSettings, load_settings
+from bot.config import DatabaseSettings, Settings, load_settings
 from bot.errors import ConfigError
 
 log = logging.getLogger("slack_tutor")
@@ -101,9 +101,21 @@ def _serve(*, web: bool, worker: bool, migrate: bool) -> int:
     setup_logging(settings)
     if migrate:
         upgrade(settings.database_url)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(settings, with_web=web, with_worker=worker))
+    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=_loop(settings)) as runner:
+        runner.run(serve(settings, with_web=web, with_worker=worker))
     return 0
+
+
+def _loop(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop the processes run on (TUTOR_EVENT_LOOP); None is asyncio's own."""
+    if settings.tutor_event_loop == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        log.warning("uvloop is not installed here: running on asyncio's own event loop")
+        return None
+    return uvloop.new_event_loop
 
 
 def _run(_args: argparse.Namespace) -> int:

@@ -79,6 +79,9 @@ class Settings(DatabaseSettings):
     tutor_max_attempts: int = Field(default=6, ge=1)
     #: Deadline of an ordinary OpenAI call (retrieve, list); a create gets twice as long.
     tutor_openai_timeout: float = Field(default=10.0, gt=0)
+    #: `uvloop`: libuv's event loop (less CPU per request and per answer), where it is installed
+    #: (not on Windows); `asyncio`: Python's own.
+    tutor_event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     #: Runs one worker drives at once; a slow run holds one slot, never the others.
     tutor_worker_concurrency: int = Field(default=32, ge=1)
     #: Longest pause between two retries of a failing step.
