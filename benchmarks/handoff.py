@@ -27,6 +27,7 @@ from db.models import Run, TutorThread, utcnow
 from db.notify import WorkListener
 from tests.fakes import FakeOpenAI, FakeSlack, wait_for
 from tests.slack_payloads import as_json, mention, new_ts
+from tests.prefork import Zygote
 from tests.test_rescue import Processes
 
 
@@ -79,8 +80,9 @@ async def end_to_end(url: str, questions: int, tmp: str) -> list[float]:
     from pathlib import Path
 
     latencies: list[float] = []
+    zygote = Zygote(Path(tmp) / "zygote.log")
     async with FakeSlack() as slack, FakeOpenAI() as openai:
-        processes = Processes(Path(tmp), slack, openai)
+        processes = Processes(Path(tmp), slack, openai, zygote)
         try:
             web = await processes.start_web("web", url)
             worker = await processes.start("worker", url, TUTOR_POLL_INTERVAL="30", LOG_LEVEL="INFO")
@@ -94,11 +96,12 @@ async def end_to_end(url: str, questions: int, tmp: str) -> list[float]:
                 )
                 assert status == 200
                 acked = time.time()
-                first = await wait_for(lambda n=seen: openai.requests[n:], timeout=10, interval=0.001)
+                first = await wait_for(lambda: openai.requests[seen:], timeout=10, interval=0.001)
                 latencies.append(first[0].received_at - acked)
                 await asyncio.sleep(0.2)
         finally:
             await processes.aclose()
+            zygote.close()
     return latencies
 
 
