@@ -25,9 +25,9 @@ from benchmarks.events import percentile
 from db.migrate import upgrade
 from db.models import Run, TutorThread, utcnow
 from db.notify import WorkListener
-from tests.fakes import FakeOpenAI, FakeSlack, wait_for
-from tests.slack_payloads import as_json, mention, new_ts
+from tests.fakes import FakeOpenAI, FakeSlack, RecordedRequest, wait_for
 from tests.prefork import Zygote
+from tests.slack_payloads import as_json, mention, new_ts
 from tests.test_rescue import Processes
 
 
@@ -96,7 +96,11 @@ async def end_to_end(url: str, questions: int, tmp: str) -> list[float]:
                 )
                 assert status == 200
                 acked = time.time()
-                first = await wait_for(lambda: openai.requests[seen:], timeout=10, interval=0.001)
+
+                def arrived(since: int = seen) -> list[RecordedRequest]:
+                    return openai.requests[since:]
+
+                first = await wait_for(arrived, timeout=10, interval=0.001)
                 latencies.append(first[0].received_at - acked)
                 await asyncio.sleep(0.2)
         finally:
