@@ -218,7 +218,10 @@ class Inbox:
             return set(run_ids)
 
     async def _plan(
-        self, session: AsyncSession, questions: Iterable[Question], threads: dict[repo.ThreadKey, TutorThread]
+        self,
+        session: AsyncSession,
+        questions: Iterable[Question],
+        threads: dict[repo.ThreadKey, repo.ThreadRef],
     ) -> _Plan:
         plan = _Plan()
         questions = list(questions)

@@ -109,10 +109,7 @@ class RunPreparer:
                 await self.usage.check(
                     session, team_id=run.team_id, channel_id=run.channel_id, user_id=run.user_id
                 )
-            scoped = {
-                scope: await repo.documents_in_scope(session, scope_key=scope)
-                for scope in self.documents.scopes(run)
-            }
+            scoped = await repo.documents_in_scopes(session, scope_keys=list(self.documents.scopes(run)))
         first_turn = thread.conversation_id is None
         conversation_id = thread.conversation_id or await self._new_conversation(thread, profile)
         if first_turn and run.reply_thread_ts and run.channel_id.startswith("D"):

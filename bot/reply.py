@@ -506,19 +506,15 @@ class Replier:
 
     async def _note_file(self, delivery_id: int, file_id: str) -> None:
         async with self._sessions.begin() as session:
-            delivery = await session.get(Delivery, delivery_id)
-            if delivery is not None:
-                delivery.slack_file_id = file_id
+            await repo.note_delivery_file(session, delivery_id=delivery_id, file_id=file_id)
 
     async def _finish(
         self, delivery_id: int, *, slack_ts: str | None = None, slack_file_id: str | None = None
     ) -> None:
         async with self._sessions.begin() as session:
-            delivery = await session.get(Delivery, delivery_id)
-            if delivery is not None:
-                delivery.state = "done"
-                delivery.slack_ts = slack_ts or delivery.slack_ts
-                delivery.slack_file_id = slack_file_id or delivery.slack_file_id
+            await repo.finish_delivery(
+                session, delivery_id=delivery_id, slack_ts=slack_ts, file_id=slack_file_id
+            )
 
 
 async def _settled(delivery: Delivery) -> None:

@@ -73,6 +73,11 @@ _DELIVERY = select(Delivery).where(Delivery.run_id == bindparam("run_id"), Deliv
 _DOCUMENTS_IN_SCOPE = (
     select(Document).where(Document.scope_key == bindparam("scope_key")).order_by(Document.id)
 )
+_DOCUMENTS_IN_SCOPES = (
+    select(Document)
+    .where(Document.scope_key.in_(bindparam("scope_keys", expanding=True)))
+    .order_by(Document.id)
+)
 _CHANNEL_BUDGET = select(ChannelBudget).where(
     ChannelBudget.team_id == bindparam("team_id"), ChannelBudget.channel_id == bindparam("channel_id")
 )
@@ -97,29 +102,44 @@ async def find_thread(
 ThreadKey = tuple[str, str, str]
 
 
-async def threads_by_key(
-    session: AsyncSession, *, keys: Collection[ThreadKey]
-) -> dict[ThreadKey, TutorThread]:
-    """The tutor threads with these (team, channel, thread_ts) keys that exist."""
+@dataclass(frozen=True)
+class ThreadRef:
+    """What storing a question needs to know of a thread that exists."""
+
+    id: int
+    state: str
+
+
+async def threads_by_key(session: AsyncSession, *, keys: Collection[ThreadKey]) -> dict[ThreadKey, ThreadRef]:
+    """The tutor threads with these (team, channel, thread_ts) keys that exist.
+
+    This, and the inserts of the questions' threads, runs and files, are Core statements: every
+    acked question makes them, and the ORM's object loading and bulk inserts cost twice the CPU."""
     if not keys:
         return {}
-    found = await session.scalars(
-        select(TutorThread).where(
-            tuple_(TutorThread.team_id, TutorThread.channel_id, TutorThread.thread_ts).in_(list(keys))
+    t = _THREADS.c
+    rows = await session.execute(
+        select(t.id, t.state, t.team_id, t.channel_id, t.thread_ts).where(
+            tuple_(t.team_id, t.channel_id, t.thread_ts).in_(list(keys))
         )
     )
-    return {(t.team_id, t.channel_id, t.thread_ts): t for t in found}
+    return {(r.team_id, r.channel_id, r.thread_ts): ThreadRef(r.id, r.state) for r in rows}
 
 
 async def create_threads(session: AsyncSession, *, rows: Sequence[dict[str, Any]]) -> None:
     """Create threads that don't exist yet; concurrent creators of the same key are harmless."""
     if rows:
         await session.execute(
-            _insert(session, TutorThread).on_conflict_do_nothing(
+            _insert(session, _THREADS).on_conflict_do_nothing(
                 index_elements=["team_id", "channel_id", "thread_ts"]
             ),
             list(rows),
         )
+
+
+_THREADS = typing.cast(Table, TutorThread.__table__)
+_RUNS = typing.cast(Table, Run.__table__)
+_THREAD_FILES = typing.cast(Table, ThreadFile.__table__)
 
 
 async def activate_threads(session: AsyncSession, *, ids: Collection[int]) -> None:
@@ -142,9 +162,9 @@ async def insert_runs(
     if not rows:
         return {}
     result = await session.execute(
-        _insert(session, Run)
+        _insert(session, _RUNS)
         .on_conflict_do_nothing(index_elements=["team_id", "channel_id", "message_ts"])
-        .returning(Run.team_id, Run.channel_id, Run.message_ts, Run.id),
+        .returning(_RUNS.c.team_id, _RUNS.c.channel_id, _RUNS.c.message_ts, _RUNS.c.id),
         list(rows),
     )
     return {(team, channel, ts): run_id for team, channel, ts, run_id in result}
@@ -154,7 +174,7 @@ async def insert_thread_files(session: AsyncSession, *, rows: Sequence[dict[str,
     """Attach files to threads; a file already in that thread is not attached (or uploaded) twice."""
     if rows:
         await session.execute(
-            _insert(session, ThreadFile).on_conflict_do_nothing(
+            _insert(session, _THREAD_FILES).on_conflict_do_nothing(
                 index_elements=["thread_id", "slack_file_id"]
             ),
             list(rows),
@@ -252,38 +272,42 @@ async def uploaded_files_of_thread(
 
 async def start_delivery(session: AsyncSession, *, run_id: int, key: str) -> tuple[Delivery, bool]:
     """The delivery row for (run, key), and whether this call created it (False: an earlier
-    attempt may already have reached Slack)."""
+    attempt may already have reached Slack). A new row comes back from the insert itself."""
     statement = _START_DELIVERY.get(session.get_bind().dialect.name)
     if statement is None:
+        table = typing.cast(Table, Delivery.__table__)
         statement = _START_DELIVERY[session.get_bind().dialect.name] = (
-            _insert(session, Delivery)
+            _insert(session, table)
             .values(run_id=bindparam("new_run_id"), key=bindparam("new_key"), state="pending")
-            .values(attempted_at=bindparam("new_attempted_at", type_=Delivery.__table__.c.attempted_at.type))
+            .values(attempted_at=bindparam("new_attempted_at", type_=table.c.attempted_at.type))
             .on_conflict_do_nothing(index_elements=["run_id", "key"])
-            .returning(Delivery.id)
+            .returning(*table.c)
         )
     params = {"new_run_id": run_id, "new_key": key, "new_attempted_at": utcnow()}
-    created = (await session.execute(statement, params)).scalar_one_or_none() is not None
+    row = (await session.execute(statement, params)).one_or_none()
+    if row is not None:
+        return Delivery(**row._asdict()), True
     delivery = await get_delivery(session, run_id=run_id, key=key)
     assert delivery is not None
-    return delivery, created
+    return delivery, False
 
 
 async def mark_delivery_attempted(session: AsyncSession, *, delivery_id: int, answered: bool = False) -> None:
     """Slack is about to be asked (again) to post or share it; `answered`: Slack answered that
     attempt (with an error), so nothing of it can still land."""
     value = None if answered else utcnow()
-    await session.execute(update(Delivery).where(Delivery.id == delivery_id).values(attempted_at=value))
+    await _set(session, Delivery, where={"id": delivery_id}, values={"attempted_at": value})
 
 
 async def note_delivery_file(session: AsyncSession, *, delivery_id: int, file_id: str) -> None:
     """The Slack file an upload is creating, recorded before the step that can't be undone."""
-    await session.execute(update(Delivery).where(Delivery.id == delivery_id).values(slack_file_id=file_id))
+    await _set(session, Delivery, where={"id": delivery_id}, values={"slack_file_id": file_id})
 
 
 async def finish_delivery(
     session: AsyncSession, *, delivery_id: int, file_id: str | None = None, slack_ts: str | None = None
 ) -> None:
+    """Done; a ts or file id not given keeps what the row has."""
     values: dict[str, Any] = {"state": "done"}
     if file_id:
         values["slack_file_id"] = file_id
@@ -455,6 +479,17 @@ async def insert_documents(session: AsyncSession, *, rows: Sequence[dict[str, An
 
 async def documents_in_scope(session: AsyncSession, *, scope_key: str) -> Sequence[Document]:
     return (await session.scalars(_DOCUMENTS_IN_SCOPE, {"scope_key": scope_key})).all()
+
+
+async def documents_in_scopes(
+    session: AsyncSession, *, scope_keys: Sequence[str]
+) -> dict[str, list[Document]]:
+    """`documents_in_scope` of each key, in one query (a question looks in its thread and channel)."""
+    found: dict[str, list[Document]] = {key: [] for key in scope_keys}
+    if scope_keys:
+        for document in await session.scalars(_DOCUMENTS_IN_SCOPES, {"scope_keys": list(scope_keys)}):
+            found[document.scope_key].append(document)
+    return found
 
 
 async def documents_by_ids(session: AsyncSession, *, ids: Collection[int]) -> Sequence[Document]:
