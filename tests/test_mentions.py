@@ -45,6 +45,23 @@ async def test_mention_gets_answer_in_its_thread(bot: Bot) -> None:
     assert len(bot.slack.calls("users.info")) == 1
 
 
+async def test_slack_and_openai_calls_reuse_their_connections(bot: Bot) -> None:
+    """slack_sdk opens a new connection (with a TLS handshake, at Slack) for each call of a client
+    made without a session: the worker's calls go over connections it keeps open instead."""
+    for n in range(3):
+        ts = new_ts()
+        await bot.send(mention(f"What is {n} + {n}?", ts=ts))
+        await wait_for(lambda ts=ts: bot.slack.messages(CHANNEL, ts), message="no reply in the thread")
+    worker = [r for r in bot.slack.requests if r.name not in ("auth.test",)]
+    assert len(worker) >= 6, [r.name for r in worker]  # a status and the answer, for each question
+    slack_connections = {r.peer for r in worker}
+    assert len(slack_connections) <= 3, f"{len(worker)} Slack calls over {len(slack_connections)} connections"
+    openai_connections = {r.peer for r in bot.openai.requests}
+    assert len(openai_connections) <= 3, (
+        f"{len(bot.openai.requests)} OpenAI calls, {len(openai_connections)} connections"
+    )
+
+
 async def test_follow_up_in_thread_keeps_the_conversation(bot: Bot) -> None:
     root = new_ts()
     await bot.send(mention("What is 2 + 2?", ts=root))

@@ -29,6 +29,11 @@ class FilePart:
     content: bytes
 
 
+def _peer(request: web.BaseRequest) -> tuple[str, int] | None:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return (str(peer[0]), int(peer[1])) if peer else None
+
+
 @dataclass
 class RecordedRequest:
     """One HTTP request as the fake received it.
@@ -55,6 +60,8 @@ class RecordedRequest:
     #: ``args`` decodes them.
     json_string_keys: frozenset[str] = frozenset()
     received_at: float = field(default_factory=time.time)
+    #: The client's end of the connection the request came on (host, port).
+    peer: tuple[str, int] | None = None
     #: Its answer will be replaced by a ``fail_next(after_handling=True)`` fault: a handler that
     #: would stream answers at once instead (the client sees only the fault).
     faulted: bool = False
@@ -330,6 +337,7 @@ class FakeServer:
             name=self._request_name(request.method, request.path),
             query_multi=query_multi,
             files=files,
+            peer=_peer(request),
         )
         rec.json_string_keys = self._json_string_keys(rec)
         self.requests.append(rec)
