@@ -1,7 +1,7 @@
 """cleanups.kind: 32 characters ("vector_store_file" is 17: PostgreSQL refused it as varchar(16))
 
 Revision ID: 0011
-Revises: 0007
+Revises: 0010
 Create Date: 2026-12-02 12:50:00.000000
 """
 
