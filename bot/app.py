@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hmac
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -281,8 +282,18 @@ def web_app(components: Components, *, with_worker: bool, with_slack: bool = Tru
 
     app.router.add_get("/healthz", healthz)
     if components.settings.tutor_metrics:
+        token = components.settings.tutor_metrics_token
+        expected = f"Bearer {token.get_secret_value()}".encode() if token else None
 
-        async def metrics(_request: web.Request) -> web.Response:
+        async def metrics(request: web.Request) -> web.Response:
+            if expected is not None:
+                sent = request.headers.get("Authorization", "").encode()
+                if not hmac.compare_digest(sent, expected):
+                    return web.Response(
+                        status=401,
+                        text="401: a bearer token is needed\n",
+                        headers={"WWW-Authenticate": "Bearer"},
+                    )
             body = await components.metrics.exposition()
             return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 

@@ -66,6 +66,9 @@ class Settings(DatabaseSettings):
     log_format: Literal["text", "json"] = "text"
     #: Serve Prometheus metrics on `GET /metrics` (same port as /healthz; not for the public).
     tutor_metrics: bool = True
+    #: Set: `/metrics` answers only a scrape that sends `Authorization: Bearer <this>` (for a host
+    #: where the port is public, as on Heroku); others get 401.
+    tutor_metrics_token: SecretStr | None = None
     #: /healthz fails when the run-poller's loop has not come round for this long.
     tutor_stall_seconds: float = Field(default=60.0, gt=0)
 

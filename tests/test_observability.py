@@ -196,6 +196,20 @@ async def test_metrics_can_be_turned_off(start_bot: BotFactory) -> None:
     assert (await healthz(bot))[0] == 200
 
 
+async def test_metrics_can_require_a_bearer_token(start_bot: BotFactory) -> None:
+    bot = await start_bot(tutor_metrics_token="scrape-me")
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "scrape-me"}):
+        async with bot.http.get(f"{bot.url}/metrics", headers=headers) as response:
+            assert response.status == 401, headers
+            assert response.headers["WWW-Authenticate"] == "Bearer"
+            body = await response.text()
+            assert "tutor_" not in body and "scrape-me" not in body
+    async with bot.http.get(f"{bot.url}/metrics", headers={"Authorization": "Bearer scrape-me"}) as response:
+        assert response.status == 200
+        assert "tutor_events_received_total" in await response.text()
+    assert (await healthz(bot))[0] == 200  # the health check needs no token
+
+
 async def test_metrics_are_not_served_on_the_slack_events_path(bot: Bot) -> None:
     for path in ("/slack/events", "/slack/events/metrics", "/slack/events?metrics"):
         async with bot.http.get(f"{bot.url}{path}") as response:
