@@ -53,6 +53,9 @@ class LiveMode(StrEnum):
     STREAM = "stream"
     #: A preview post is being made (recorded before the call: a crash leaves a tagged message).
     POSTING = "posting"
+    #: A stream may be being opened (recorded with the response id, before the first words): a
+    #: crash during chat.startStream leaves an untagged message, which the next worker looks for.
+    OPENING = "opening"
     #: The last message is a posted preview (or a closed stream), edited as the answer grows.
     EDIT = "edit"
     #: Nothing more is shown until the final answer (Slack kept failing, or the text shown before
@@ -112,6 +115,8 @@ class LiveAnswer:
         self._text_shown = resumed and bool(state.messages)
         self._rate_limited = False
         self._no_stream = False
+        #: A chat.startStream got no answer: Slack may have made its message, which has no tag.
+        self._may_have_opened = False
         self._ran_code = False
         #: Set when saving progress failed (the lease is lost, the database is down): the caller
         #: re-raises it.
@@ -171,7 +176,21 @@ class LiveAnswer:
                         await self._settled.wait()
                 task.cancel()
                 await asyncio.wait([task])
+        if not abort and self._may_have_opened and not self.state.messages:
+            await self._adopt_unanswered_start()
         return self.state
+
+    async def _adopt_unanswered_start(self) -> None:
+        """The answer is done before the relay could look: the stream start that got no answer
+        may have made a message, which the final answer must go into, not beside."""
+        try:
+            found = await self._slack.find_untagged_reply(self._place, oldest=self._question_ts)
+            if found is not None:
+                log.info("live answer: the stream start that got no answer did open %s", found)
+                self.state = LiveState(self.state.seq, [found], LiveMode.QUIET, 0)
+                await self._save()
+        except errors.SlackDeliveryFailed as exc:
+            log.warning("live answer: could not look for an unrecorded stream message (%s)", exc.detail)
 
     # The relay
 
@@ -244,6 +263,8 @@ class LiveAnswer:
             await self._save()
             return
         except errors.SlackDeliveryFailed as exc:
+            if mode is None and exc.outcome_unknown:
+                self._may_have_opened = True
             self._failures += 1
             self._next_at = time.monotonic() + interval * self._failures
             if self._failures >= GIVE_UP_AFTER:
@@ -268,6 +289,15 @@ class LiveAnswer:
                 return
             await self._post(end)
             return
+        if self._may_have_opened:
+            found = await self._slack.find_untagged_reply(self._place, oldest=self._question_ts)
+            self._may_have_opened = False
+            if found is not None:
+                # What it shows is not known: nothing more live, the final answer rewrites it.
+                log.info("live answer: the stream start that got no answer did open %s", found)
+                self.state = LiveState(self.state.seq, [found], LiveMode.QUIET, 0)
+                await self._first_text()
+                return
         ts = await self._slack.start_stream(
             self._place, recipient=self._recipient, markdown_text=text, chunks=tasks
         )

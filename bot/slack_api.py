@@ -386,7 +386,9 @@ class SlackGateway:
             failure.retryable = error not in FINAL_ERRORS
             raise failure from None
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise errors.SlackDeliveryFailed(f"{method}: {type(exc).__name__}") from None
+            failure = errors.SlackDeliveryFailed(f"{method}: {type(exc).__name__}")
+            failure.outcome_unknown = True  # Slack may have done it: no answer came back
+            raise failure from None
 
     async def find_post(self, place: Place, *, delivery_key: str, oldest: str) -> str | None:
         """The ts of an earlier post tagged `delivery_key` (a crash may have hidden its success)."""
@@ -412,6 +414,34 @@ class SlackGateway:
         for message in response.get("messages") or []:
             payload = (message.get("metadata") or {}).get("event_payload") or {}
             if payload.get("delivery") == delivery_key:
+                return str(message["ts"])
+        return None
+
+    async def find_untagged_reply(self, place: Place, *, oldest: str) -> str | None:
+        """The ts of this app's newest message in the thread after `oldest` that carries no
+        delivery tag and no file: a streamed answer whose start never came back (a crash during
+        chat.startStream, which takes no metadata, so its message can't be tagged like a post)."""
+        if not place.thread_ts:
+            return None
+        me = (await self.auth_test()).get("user_id")
+        call = self.client.conversations_replies(
+            channel=place.channel_id, ts=place.thread_ts, oldest=oldest, include_all_metadata=True, limit=200
+        )
+        try:
+            response = await self._call("conversations.replies", call)
+        except errors.SlackDeliveryFailed as exc:
+            if "thread_not_found" in exc.detail:
+                return None
+            raise
+        for message in reversed(response.get("messages") or []):
+            tagged = ((message.get("metadata") or {}).get("event_payload") or {}).get("delivery")
+            if (
+                me
+                and message.get("user") == me
+                and not tagged
+                and not message.get("files")
+                and float(message["ts"]) > float(oldest)
+            ):
                 return str(message["ts"])
         return None
 

@@ -668,14 +668,19 @@ async def requeue(session: AsyncSession, run: Run, *, owner: str) -> bool:
     return await _leased(session, run, owner=owner, release=False, values={"status": RunStatus.QUEUED})
 
 
-async def mark_streaming(session: AsyncSession, run: Run, *, owner: str, response_id: str) -> bool:
-    """The response exists (its first event named it): from here it is resumed, never re-created."""
+async def mark_streaming(
+    session: AsyncSession, run: Run, *, owner: str, response_id: str, stream_mode: str | None = None
+) -> bool:
+    """The response exists (its first event named it): from here it is resumed, never re-created.
+    With `stream_mode`, the live answer's mode from here (in the same commit)."""
     values: dict[str, object] = {
         "status": RunStatus.STREAMING,
         "response_id": response_id,
         "attempts": 0,
         "failing_since": None,
     }
+    if stream_mode is not None:
+        values["stream_mode"] = stream_mode
     return await _leased(session, run, owner=owner, release=False, values=values)
 
 

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from bot.live import APPEND_EVERY
+from bot.slack_api import STREAM_CALL_TIMEOUT
 from tests.conftest import Bot, BotFactory
 from tests.fakes import Chart, Turn, wait_for
 from tests.slack_payloads import ALICE, CHANNEL, DM, TEAM, block_action, dm, mention, new_ts
@@ -159,6 +160,21 @@ async def test_a_refused_stream_still_gives_one_answer(bot: Bot) -> None:
     assert "*3x = 3*" in answer["text"] and bot.slack.messages(CHANNEL, ts) == [answer]
     assert len(bot.slack.calls("chat.postMessage")) == 1
     assert all(c.args["ts"] == answer["ts"] for c in bot.slack.calls("chat.update"))
+
+
+async def test_a_stream_start_that_timed_out_but_landed_is_not_opened_twice(bot: Bot) -> None:
+    """chat.startStream times out on our side while Slack made the message: it carries no tag, so
+    before opening again the relay looks for the app's untagged message after the question, and
+    the final answer goes into it (before, the retry opened a second message)."""
+    _thinking(bot, latency=4.0, span=3.5)
+    bot.openai.queue(Turn(text=LONG_TEXT, code=None))
+    bot.slack.delay_next("chat.startStream", STREAM_CALL_TIMEOUT + 2, after_handling=True)
+    ts = await _ask(bot)
+    await bot.wait_runs_finished(1, within=20)
+    answers = _live(bot, ts)
+    assert len(answers) == 1, f"{len(answers)} messages: {[a.get('text') for a in answers]}"
+    assert "Step 11" in answers[0]["text"] and not answers[0].get("live")
+    assert len(bot.slack.calls("chat.startStream")) == 1
 
 
 async def test_a_dm_answer_at_the_top_level_is_posted_and_grows(bot: Bot) -> None:

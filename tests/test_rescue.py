@@ -401,6 +401,38 @@ async def test_sigterm_while_the_answer_message_is_being_opened_leaves_one_messa
         await runs_table.dispose()
 
 
+async def test_kill_9_while_the_answer_message_is_being_opened_leaves_one_message(
+    processes: Processes, sqlite_url: str, fake_slack: FakeSlack, fake_openai: FakeOpenAI
+) -> None:
+    """kill -9 lands while `chat.startStream` is on its way: Slack makes the message, and the
+    worker dies before it hears its ts. `chat.startStream` takes no metadata, so the message
+    can't be tagged and found as a post is: the restart finds the app's untagged message in the
+    thread after the question (the run recorded that a stream was being opened) and finishes the
+    answer in it, instead of leaving it half-written beside a second one."""
+    runs_table = RunsTable(sqlite_url)
+    try:
+        port = free_port()
+        first = await processes.start_web("run", sqlite_url, port=port)
+        fake_slack.delay_next("chat.startStream", 30.0, after_handling=True)
+        ts = new_ts()
+        fake_openai.latency = 1.5
+        assert await processes.send(first, as_json(mention("What is 12 / 4?", ts=ts))) == 200
+        await wait_for(lambda: fake_slack.messages(CHANNEL, ts, live=True), timeout=15, message="no message")
+        await first.kill()
+        fake_slack.release_delays()
+
+        await processes.start_web("run", sqlite_url, port=port)
+        await time_to_answer(fake_slack, ts, time.monotonic())
+        await runs_table.wait_finished(1)
+        answers = fake_slack.messages(CHANNEL, ts, live=True)
+        assert len(answers) == 1, f"{len(answers)} messages: {[a.get('text') for a in answers]}"
+        assert "3x = 3" in str(answers[0].get("text")), answers[0]
+        assert not answers[0].get("live"), "the message was left streaming"
+        assert len(fake_openai.calls(CREATE)) == 1
+    finally:
+        await runs_table.dispose()
+
+
 async def start_worker(processes: Processes, postgres_url: str, **env: str) -> BotProcess:
     worker = await processes.start("worker", postgres_url, **env)
     await processes.wait_logged(worker, "run-poller", "started")
