@@ -88,7 +88,10 @@ class LiveAnswer:
         save: Callable[[LiveState], Awaitable[None]],
         resumed: bool,
         fence: Callable[[], Awaitable[None]] | None = None,
+        unanswered_start: bool = False,
     ) -> None:
+        """`unanswered_start`: an earlier attempt (a worker that died) may have opened a stream
+        that was never recorded; it is looked for before another is opened."""
         self._slack = slack
         self._place = place
         self._recipient = recipient
@@ -116,7 +119,7 @@ class LiveAnswer:
         self._rate_limited = False
         self._no_stream = False
         #: A chat.startStream got no answer: Slack may have made its message, which has no tag.
-        self._may_have_opened = False
+        self._may_have_opened = unanswered_start and not state.messages
         self._ran_code = False
         #: Set when saving progress failed (the lease is lost, the database is down): the caller
         #: re-raises it.
@@ -177,20 +180,25 @@ class LiveAnswer:
                 task.cancel()
                 await asyncio.wait([task])
         if not abort and self._may_have_opened and not self.state.messages:
-            await self._adopt_unanswered_start()
+            # The answer is done before the relay looked: the final answer goes into that message.
+            try:
+                if await self._take_over_unanswered_start():
+                    await self._save()
+            except errors.SlackDeliveryFailed as exc:
+                log.warning("live answer: could not look for an unrecorded stream (%s)", exc.detail)
         return self.state
 
-    async def _adopt_unanswered_start(self) -> None:
-        """The answer is done before the relay could look: the stream start that got no answer
-        may have made a message, which the final answer must go into, not beside."""
-        try:
-            found = await self._slack.find_untagged_reply(self._place, oldest=self._question_ts)
-            if found is not None:
-                log.info("live answer: the stream start that got no answer did open %s", found)
-                self.state = LiveState(self.state.seq, [found], LiveMode.QUIET, 0)
-                await self._save()
-        except errors.SlackDeliveryFailed as exc:
-            log.warning("live answer: could not look for an unrecorded stream message (%s)", exc.detail)
+    async def _take_over_unanswered_start(self) -> bool:
+        """A stream start that got no answer may have made a message (untagged: chat.startStream
+        takes no metadata). Found, it is this answer's; what it shows is not known, so nothing
+        more is shown live and the final answer rewrites it."""
+        found = await self._slack.find_untagged_reply(self._place, oldest=self._question_ts)
+        self._may_have_opened = False
+        if found is None:
+            return False
+        log.info("live answer: a stream start that got no answer did open %s", found)
+        self.state = LiveState(self.state.seq, [found], LiveMode.QUIET, 0)
+        return True
 
     # The relay
 
@@ -289,15 +297,9 @@ class LiveAnswer:
                 return
             await self._post(end)
             return
-        if self._may_have_opened:
-            found = await self._slack.find_untagged_reply(self._place, oldest=self._question_ts)
-            self._may_have_opened = False
-            if found is not None:
-                # What it shows is not known: nothing more live, the final answer rewrites it.
-                log.info("live answer: the stream start that got no answer did open %s", found)
-                self.state = LiveState(self.state.seq, [found], LiveMode.QUIET, 0)
-                await self._first_text()
-                return
+        if self._may_have_opened and await self._take_over_unanswered_start():
+            await self._first_text()
+            return
         ts = await self._slack.start_stream(
             self._place, recipient=self._recipient, markdown_text=text, chunks=tasks
         )

@@ -518,8 +518,6 @@ class Poller:
         self, run: Run, events: AsyncGenerator[AnswerEvent, None], *, resumed: bool
     ) -> ModelReply:
         """Relay a response's events into Slack until it is over; return its final state."""
-        if resumed:
-            await self._adopt_unrecorded_stream(run)
         live = self._live_answer(run, resumed=resumed)
         live.start()
         status = asyncio.create_task(self._keep_status_while_silent(run, live), name=f"status-{run.id}")
@@ -590,30 +588,15 @@ class Poller:
         bind(response_id=response_id)
         log.info("run %s: response %s started", run.id, response_id)
 
-    async def _adopt_unrecorded_stream(self, run: Run) -> None:
-        """A worker died while a stream was being opened: its message, if Slack made one, is the
-        answer's (the replier rewrites it with the final answer), and nothing more is shown live
-        (what it shows is not known here)."""
-        if run.stream_mode != LiveMode.OPENING or run.stream_messages:
-            return
-        slack = self._crew(run).slack
-        found = await slack.find_untagged_reply(place_of(run), oldest=run.message_ts)
-        if found is None:
-            return
-        log.info("run %s: found the stream message %s a stopped worker opened", run.id, found)
-        await self._change(
-            run,
-            lambda s: repo.save_stream(
-                s, run, owner=self.owner, seq=run.stream_seq, messages=[found], mode=LiveMode.QUIET, chars=0
-            ),
-        )
-
     def _live_answer(self, run: Run, *, resumed: bool) -> LiveAnswer:
         mode = LiveMode(run.stream_mode) if run.stream_mode else None
         if resumed and mode is LiveMode.POSTING:
             mode = LiveMode.QUIET  # the preview post may have landed: the replier looks for it
+        # A stream may have been opened unrecorded (the worker died during chat.startStream): the
+        # live answer looks for it before it opens one.
+        unanswered_start = resumed and mode is LiveMode.OPENING
         if mode is LiveMode.OPENING:
-            mode = None  # no stream was found open (`_adopt_unrecorded_stream`): open one
+            mode = None
         state = LiveState(run.stream_seq, list(run.stream_messages or []), mode, run.stream_chars or 0)
 
         async def save(state: LiveState) -> None:
@@ -640,6 +623,7 @@ class Poller:
             save=save,
             resumed=resumed,
             fence=lambda: self._fence(run),
+            unanswered_start=unanswered_start,
         )
 
     async def _reconcile(self, run: Run) -> None:

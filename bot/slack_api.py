@@ -211,11 +211,11 @@ class SlackGateway:
         self.pacer = pacer or _pacer_of(client) or Pacer()
         # The bot token is only ever sent to Slack's file host and the configured API host.
         self.file_origins = frozenset({SLACK_FILE_ORIGIN, origin(client.base_url)})
+        #: Connections to Slack kept open for every call and transfer of this gateway.
+        self.connections = client.connections if isinstance(client, PooledWebClient) else SlackConnections()
         # Posting is not idempotent: a 5xx or dropped connection may hide a success, and a blind
         # retry would post twice. Only 429s (refused, so nothing happened) are retried here; the
         # replier retries the rest after checking what reached the thread.
-        #: Connections to Slack kept open for every call and transfer of this gateway.
-        self.connections = client.connections if isinstance(client, PooledWebClient) else SlackConnections()
         self._post_client = PooledWebClient(
             connections=self.connections,
             token=client.token,
