@@ -60,6 +60,11 @@ def _insert(session: AsyncSession, table: Any) -> Any:
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
 
 
+_THREADS = typing.cast(Table, TutorThread.__table__)
+_RUNS = typing.cast(Table, Run.__table__)
+_THREAD_FILES = typing.cast(Table, ThreadFile.__table__)
+_DELIVERIES = typing.cast(Table, Delivery.__table__)
+
 # The reads every question makes are built once, with bound parameters: building a statement and
 # its cache key cost as much CPU as running it (`_set`).
 _PROFILE_BY_SLUG = select(Profile).where(Profile.slug == bindparam("slug"))
@@ -70,9 +75,6 @@ _FILES_OF_THREAD = (
     select(ThreadFile).where(ThreadFile.thread_id == bindparam("thread_id")).order_by(ThreadFile.id)
 )
 _DELIVERY = select(Delivery).where(Delivery.run_id == bindparam("run_id"), Delivery.key == bindparam("key"))
-_DOCUMENTS_IN_SCOPE = (
-    select(Document).where(Document.scope_key == bindparam("scope_key")).order_by(Document.id)
-)
 _DOCUMENTS_IN_SCOPES = (
     select(Document)
     .where(Document.scope_key.in_(bindparam("scope_keys", expanding=True)))
@@ -135,11 +137,6 @@ async def create_threads(session: AsyncSession, *, rows: Sequence[dict[str, Any]
             ),
             list(rows),
         )
-
-
-_THREADS = typing.cast(Table, TutorThread.__table__)
-_RUNS = typing.cast(Table, Run.__table__)
-_THREAD_FILES = typing.cast(Table, ThreadFile.__table__)
 
 
 async def activate_threads(session: AsyncSession, *, ids: Collection[int]) -> None:
@@ -275,13 +272,12 @@ async def start_delivery(session: AsyncSession, *, run_id: int, key: str) -> tup
     attempt may already have reached Slack). A new row comes back from the insert itself."""
     statement = _START_DELIVERY.get(session.get_bind().dialect.name)
     if statement is None:
-        table = typing.cast(Table, Delivery.__table__)
         statement = _START_DELIVERY[session.get_bind().dialect.name] = (
-            _insert(session, table)
+            _insert(session, _DELIVERIES)
             .values(run_id=bindparam("new_run_id"), key=bindparam("new_key"), state="pending")
-            .values(attempted_at=bindparam("new_attempted_at", type_=table.c.attempted_at.type))
+            .values(attempted_at=bindparam("new_attempted_at", type_=_DELIVERIES.c.attempted_at.type))
             .on_conflict_do_nothing(index_elements=["run_id", "key"])
-            .returning(*table.c)
+            .returning(*_DELIVERIES.c)
         )
     params = {"new_run_id": run_id, "new_key": key, "new_attempted_at": utcnow()}
     row = (await session.execute(statement, params)).one_or_none()
@@ -478,7 +474,7 @@ async def insert_documents(session: AsyncSession, *, rows: Sequence[dict[str, An
 
 
 async def documents_in_scope(session: AsyncSession, *, scope_key: str) -> Sequence[Document]:
-    return (await session.scalars(_DOCUMENTS_IN_SCOPE, {"scope_key": scope_key})).all()
+    return (await documents_in_scopes(session, scope_keys=[scope_key]))[scope_key]
 
 
 async def documents_in_scopes(
